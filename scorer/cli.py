@@ -1,0 +1,215 @@
+"""The ``scorer`` command line: one subcommand per job, errors as one line that names what to fix.
+
+Exit codes: 0 done, 1 runtime failure, 2 a setting is wrong, 3 the model or schemas do not fit.
+
+May import: anything (top layer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from scorer import __version__
+from scorer.config import KafkaSettings, RunSettings, env_name, flag_name, load_settings
+from scorer.errors import BundleError, ConfigError, SchemaError, ScorerError
+
+__all__ = ["main"]
+
+log = logging.getLogger("scorer")
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[KafkaSettings]) -> None:
+    """One flag per settings field, with its environment variable and default in the help."""
+    hints = typing.get_type_hints(cls)
+    parser.add_argument(
+        "--config", type=Path, help="TOML file of settings (keys as the flags, snake_case) [env SCORER_CONFIG]"
+    )
+    for spec in dataclasses.fields(cls):
+        default = spec.default if spec.default is not dataclasses.MISSING else None
+        shown = f"; default {default}" if default not in (None, "", {}) else ""
+        help_text = f"{spec.metadata['help']} [env {env_name(spec.name)}{shown}]"
+        hint = hints[spec.name]
+        if spec.name == "kafka_config":
+            parser.add_argument(flag_name(spec.name), action="append", metavar="KEY=VALUE", help=help_text)
+        elif hint is bool:
+            parser.add_argument(
+                flag_name(spec.name), action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        elif typing.get_origin(hint) is typing.Literal:
+            parser.add_argument(flag_name(spec.name), choices=typing.get_args(hint), help=help_text)
+        else:
+            parser.add_argument(flag_name(spec.name), metavar=spec.name.upper(), help=help_text)
+
+
+def _settings(cls: type[Any], args: argparse.Namespace) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    flags = {k: v for k, v in vars(args).items() if k in names}
+    config = args.config or (Path(p) if (p := os.environ.get("SCORER_CONFIG")) else None)
+    return load_settings(cls, flags, config_file=config)
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from scorer.pipeline import ScoringPipeline  # noqa: PLC0415 - keeps `scorer --help` fast
+
+    settings: RunSettings = _settings(RunSettings, args)
+    _setup_logging(settings.log_level)
+    log.info("settings: %r", settings)
+    pipeline = ScoringPipeline(settings)
+    signal.signal(signal.SIGTERM, pipeline.request_stop)
+    signal.signal(signal.SIGINT, pipeline.request_stop)
+    pipeline.start()
+    pipeline.run()
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    import joblib  # noqa: PLC0415
+
+    from scorer.bundle import build_bundle, read_table  # noqa: PLC0415
+
+    _setup_logging()
+    if not args.model.is_file():
+        raise ConfigError("MODEL", f"{args.model} does not exist")
+    if not args.training_data.is_file():
+        raise ConfigError("--training-data", f"{args.training_data} does not exist")
+    estimator = joblib.load(args.model)  # the user's own file: trusted by definition of this command
+    frame = read_table(args.training_data)
+    bundle = build_bundle(estimator, frame, args.label, args.name, args.version, args.task, args.positive_class)
+    bundle.save(args.out)
+    print(f"bundle {bundle.name} {bundle.version} ({bundle.task}) written to {args.out}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+
+    from scorer.bundle import load_bundle  # noqa: PLC0415
+    from scorer.schema import prediction_schema  # noqa: PLC0415
+
+    bundle = load_bundle(args.bundle)
+    if args.kind == "input":
+        schema = bundle.schema.reader_schema(args.id_field)
+    else:
+        schema = prediction_schema(bundle.schema, bundle.schema.label_type)
+    print(json.dumps(schema, indent=2))
+    return 0
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    from scorer.devregistry import serve  # noqa: PLC0415
+
+    _setup_logging()
+    serve(args.host, args.port, args.state_dir)
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from scorer import devstack  # noqa: PLC0415
+
+    state_dir = args.state_dir or devstack.default_state_dir()
+    if args.action == "up":
+        stack = devstack.up(state_dir, args.broker_port, args.registry_port)
+        print(f"broker    {stack.bootstrap_servers}  (pid {stack.broker_pid})")
+        print(f"registry  {stack.registry_url}  (pid {stack.registry_pid})")
+        print(f"state     {state_dir}   stop with: scorer dev down --state-dir {state_dir}")
+        print(
+            f"export SCORER_BOOTSTRAP_SERVERS={stack.bootstrap_servers} SCORER_SCHEMA_REGISTRY_URL={stack.registry_url}"
+        )
+    elif args.action == "down":
+        print("stopped" if devstack.stop(state_dir) else f"nothing running in {state_dir}")
+    else:
+        stack = devstack.status(state_dir)
+        if stack is None:
+            print(f"not running ({state_dir})")
+            return 1
+        print(
+            f"running: broker {stack.bootstrap_servers} (pid {stack.broker_pid}), registry {stack.registry_url} (pid {stack.registry_pid})"
+        )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from scorer.demo import run_demo  # noqa: PLC0415
+
+    _setup_logging("WARNING")
+    return run_demo(records=args.records, rate=args.rate, keep_state=args.state_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scorer", description="Kafka-native scoring of scikit-learn models.")
+    parser.add_argument("--version", action="version", version=f"scorer {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="score a Kafka topic of Avro features", description=RunSettings.__doc__)
+    add_settings_arguments(run, RunSettings)
+    run.set_defaults(handler=cmd_run)
+
+    bundle = sub.add_parser("bundle", help="make a model bundle from a joblib model and its training data")
+    bundle.add_argument("model", type=Path, metavar="MODEL.joblib", help="a fitted scikit-learn estimator or Pipeline")
+    bundle.add_argument("--training-data", type=Path, required=True, help="CSV or Parquet the model was trained on")
+    bundle.add_argument("--label", required=True, help="label column in the training data")
+    bundle.add_argument("--name", required=True, help="model name, carried by every prediction")
+    bundle.add_argument("--version", required=True, help="model version, carried by every prediction")
+    bundle.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    bundle.add_argument("--task", choices=["binary", "multiclass", "regression"], help="override the inferred task")
+    bundle.add_argument("--positive-class", help="binary: the positive class (default: the last of classes_)")
+    bundle.set_defaults(handler=cmd_bundle)
+
+    schema = sub.add_parser("schema", help="print a bundle's input (for producers) or prediction Avro schema")
+    schema.add_argument("bundle", type=Path)
+    schema.add_argument("--kind", choices=["input", "prediction"], default="input")
+    schema.add_argument("--id-field", default="id")
+    schema.set_defaults(handler=cmd_schema)
+
+    registry = sub.add_parser("registry", help="the dev schema registry (development and tests only)")
+    registry.add_argument("action", choices=["serve"])
+    registry.add_argument("--host", default="127.0.0.1")
+    registry.add_argument("--port", type=int, default=8081)
+    registry.add_argument("--state-dir", type=Path, default=Path(".scorer/registry"))
+    registry.set_defaults(handler=cmd_registry)
+
+    dev = sub.add_parser("dev", help="start/stop the embedded dev broker and registry on loopback")
+    dev.add_argument("action", choices=["up", "down", "status"])
+    dev.add_argument("--state-dir", type=Path, help="where PIDs and logs go [env SCORER_STATE_DIR; default .scorer]")
+    dev.add_argument("--broker-port", type=int, default=9092, help="preferred port (a free one if taken)")
+    dev.add_argument("--registry-port", type=int, default=8081, help="preferred port (a free one if taken)")
+    dev.set_defaults(handler=cmd_dev)
+
+    demo = sub.add_parser("demo", help="dev stack + demo model + live stream + scored sample, then stop")
+    demo.add_argument("--records", type=int, default=3000)
+    demo.add_argument("--rate", type=float, default=1000.0, help="input records per second")
+    demo.add_argument("--state-dir", type=Path, help="keep the demo's files here (default: a temporary folder)")
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        print(f"scorer: error: {exc}", file=sys.stderr)
+        return 2
+    except (SchemaError, BundleError) as exc:
+        print(f"scorer: error: {exc}", file=sys.stderr)
+        return 3
+    except ScorerError as exc:
+        print(f"scorer: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

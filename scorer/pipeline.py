@@ -1,0 +1,360 @@
+"""The scoring service: Kafka in, predictions and dead letters out, offsets committed only after delivery.
+
+One loop, one thread::
+
+    poll until the batch is due -> decode (codec) -> validate + score (scoring) -> encode
+        -> produce predictions and dead letters -> wait for acknowledgements -> commit input offsets
+
+Delivery contract (at-least-once): an input offset is committed only when every output derived from the
+records before it (prediction or dead letter) has been acknowledged. A crash between produce and commit
+replays the batch (duplicates, never loss). Per-key order holds because outputs are produced in input
+order by an idempotent producer.
+
+Rebalance: when partitions are revoked mid-batch, the batch collected so far is finished and committed
+before the partitions go. SIGTERM/SIGINT: stop polling, finish the batch, commit, leave the group.
+
+May import: every L0-L2 module. The core modules below it never see Kafka.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from scorer.batching import BatchWindow, next_offsets
+from scorer.bundle import ModelBundle, load_bundle
+from scorer.codec import FeatureDecoder, PredictionEncoder
+from scorer.config import RunSettings
+from scorer.deadletter import dead_letter_headers
+from scorer.errors import ConfigError, DeliveryError, RegistryError, RejectReason, SchemaError
+from scorer.kafka import (
+    DeliveryTracker,
+    OutputRecord,
+    commit_offsets,
+    create_admin,
+    create_consumer,
+    create_producer,
+    ensure_topics,
+)
+from scorer.metrics import ScorerMetrics, serve_metrics
+from scorer.registry import Registry, retry_unavailable
+from scorer.schema import check_readable, prediction_schema
+from scorer.scoring import Scorer
+from scorer.types import Rejection, SourceRef
+
+__all__ = ["ScoringPipeline", "run_pipeline"]
+
+log = logging.getLogger("scorer.pipeline")
+
+PERMANENT_PRODUCE_ERRORS = frozenset(
+    {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_MSG}
+)
+"""Delivery errors that retrying cannot fix: the output is dead-lettered instead. Timeouts and broker
+outages are not here: those outputs are produced again, never dead-lettered."""
+
+PROGRESS_EVERY_S = 10.0
+
+
+class ScoringPipeline:
+    """The ``scorer run`` service. ``start()`` does the start-up checks; ``run()`` loops until stopped."""
+
+    def __init__(
+        self,
+        settings: RunSettings,
+        registry: CollectorRegistry = REGISTRY,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.metrics = ScorerMetrics(registry)
+        self._prometheus_registry = registry
+        self._clock = clock
+        self._stopping = False
+        self._collected: list[Message] = []
+        self._counts = {"consumed": 0, "scored": 0, "rejected": 0}
+        self.bundle: ModelBundle | None = None
+        self._metrics_server: Any = None
+
+    # ----------------------------------------------------------------- start-up
+    def start(self) -> None:
+        """Load the model, check schemas, create clients. Every failure here names what to fix."""
+        s = self.settings
+        try:
+            self.bundle = load_bundle(Path(s.model), expected_sha256=s.model_sha256 or None)
+        except FileNotFoundError as exc:
+            raise ConfigError("--model", str(exc)) from exc
+        bundle = self.bundle
+        log.info("model %s version %s (%s) loaded from %s", bundle.name, bundle.version, bundle.task, s.model)
+        self.metrics.model_info.labels(bundle.name, bundle.version, bundle.task).set(1)
+        self._metrics_server = serve_metrics(s.metrics_port, s.metrics_host, self._prometheus_registry)
+
+        self.registry = Registry(s.registry_config())
+        self._check_input_schema()
+        output_schema = prediction_schema(bundle.schema, bundle.schema.label_type, s.include_features)
+        output_id = self._with_registry(lambda: self.registry.register(f"{s.output_topic}-value", output_schema))
+        log.info("prediction schema registered under %s-value with id %d", s.output_topic, output_id)
+
+        self.decoder = FeatureDecoder(bundle.schema, s.id_field, self.registry.schema_text)
+        self.scorer = Scorer(bundle, s.id_field, s.unknown_categories, s.include_features)
+        self.encoder = PredictionEncoder(output_schema, output_id)
+        self._model_tag = f"{bundle.name}:{bundle.version}"
+
+        admin = create_admin(s)
+        ensure_topics(admin, [s.input_topic], create=False, partitions=1, setting="--input-topic")
+        ensure_topics(
+            admin, [s.output_topic, s.dead_letter_topic], s.create_topics, s.topic_partitions, "--output-topic"
+        )
+        self.producer = create_producer(s)
+        self.tracker = DeliveryTracker(self.producer)
+        self.consumer = create_consumer(s, s.group_id, stats_cb=self.metrics.on_stats, error_cb=self._on_client_error)
+        self.consumer.subscribe(
+            [s.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        self.metrics.ready.set(1)
+
+    def _check_input_schema(self) -> None:
+        s, bundle = self.settings, self.bundle
+        assert bundle is not None  # noqa: S101 - start() loads it first
+        subject = f"{s.input_topic}-value"
+        try:
+            latest = self._with_registry(lambda: self.registry.latest(subject))
+        except RegistryError as exc:
+            if exc.error_code == 40401:
+                raise SchemaError(
+                    f"no schema is registered under {subject}: producers must register the feature schema "
+                    f"(see `scorer schema {s.model}` for the model's training schema)"
+                ) from exc
+            raise
+        differences = check_readable(bundle.schema, latest.schema)
+        if differences:
+            raise SchemaError(
+                f"the latest schema of {subject} (id {latest.schema_id}, version {latest.version}) cannot be read "
+                f"as the training schema of {bundle.name} {bundle.version}:\n  " + "\n  ".join(differences),
+                fields=differences,
+            )
+        log.info(
+            "input subject %s version %d (id %d) is readable by the model", subject, latest.version, latest.schema_id
+        )
+
+    def _with_registry(self, call: Callable[[], Any]) -> Any:
+        def on_retry(exc: Exception, backoff: float) -> None:
+            self.metrics.registry_retries.inc()
+            self.metrics.ready.set(0)
+            log.warning("%s; retrying in %.1f s", exc, backoff)
+
+        result = retry_unavailable(call, lambda: self._stopping, on_retry)
+        if self._stopping is False:
+            self.metrics.ready.set(1)
+        return result
+
+    # ----------------------------------------------------------------- the loop
+    def request_stop(self, *_args: Any) -> None:
+        """Signal handler: finish the current batch, commit, and leave."""
+        if not self._stopping:
+            log.info("stop requested: finishing the current batch")
+        self._stopping = True
+
+    def run(self) -> None:
+        window = BatchWindow(self.settings.max_batch_size, self.settings.max_wait_ms / 1000, self._clock)
+        last_progress = self._clock()
+        while not self._stopping:
+            self._collect(window)
+            if window.is_due(len(self._collected)):
+                self._process_collected()
+                window.reset()
+            if self._clock() - last_progress >= PROGRESS_EVERY_S:
+                last_progress = self._clock()
+                log.info("progress: %s", ", ".join(f"{k} {v}" for k, v in self._counts.items()))
+        self._drain()
+
+    def _collect(self, window: BatchWindow) -> None:
+        wanted = window.max_records - len(self._collected)
+        messages = self.consumer.consume(num_messages=wanted, timeout=window.poll_timeout(len(self._collected)))
+        for message in messages:
+            error = message.error()
+            if error is None:
+                self._collected.append(message)
+            elif error.fatal():
+                raise DeliveryError(f"consumer failed: {error.str()}", fatal=True)
+            else:
+                log.warning("consumer error: %s", error.str())
+        window.opened(len(self._collected))
+
+    def _drain(self) -> None:
+        deadline = self._clock() + self.settings.drain_timeout_s
+        try:
+            if self._collected:
+                self._process_collected(deadline=deadline)
+        finally:
+            self.metrics.ready.set(0)
+            self.consumer.close()  # leaves the group at once so partitions move without a session timeout
+            self.producer.flush(max(0.0, deadline - self._clock()))
+            self.registry.close()
+            if self._metrics_server is not None:
+                self._metrics_server.shutdown()
+            log.info("stopped: %s", ", ".join(f"{k} {v}" for k, v in self._counts.items()))
+
+    # ----------------------------------------------------------------- one batch
+    def _process_collected(self, deadline: float | None = None) -> None:
+        messages, self._collected = self._collected, []
+        if messages:
+            self._process(messages, deadline)
+
+    def _process(self, messages: list[Message], deadline: float | None = None) -> None:
+        m, started = self.metrics, time.perf_counter()
+        refs = [SourceRef(msg.topic(), msg.partition(), msg.offset()) for msg in messages]
+        values = [msg.value() for msg in messages]
+        for topic in {ref.topic for ref in refs}:
+            m.consumed.labels(topic=topic).inc(sum(1 for ref in refs if ref.topic == topic))
+
+        decoded = self._with_registry(lambda: self.decoder.decode(values))
+        t_decoded = time.perf_counter()
+        result = self.scorer.score(decoded.records, decoded.indices)
+        t_scored = time.perf_counter()
+        encoded = self.encoder.encode(result.predictions)
+        t_encoded = time.perf_counter()
+
+        outputs = [
+            self._prediction_output(i, messages[i], refs[i], value)
+            for i, value in zip(result.indices, encoded, strict=True)
+        ]
+        rejections = decoded.rejections + result.rejections
+        outputs += [self._dead_letter(messages[r.index], refs[r.index], r) for r in rejections]
+        outputs.sort(key=lambda record: record.source_index)
+        rejections += self._deliver(outputs, messages, refs, deadline)
+        t_delivered = time.perf_counter()
+
+        commit_offsets(self.consumer, next_offsets(refs))
+        t_committed = time.perf_counter()
+
+        scored = len(result.indices) - sum(1 for r in rejections if r.reason is RejectReason.OUTPUT_REJECTED)
+        for reason in rejections:
+            m.rejected.labels(reason=reason.reason.value).inc()
+        m.scored.inc(scored)
+        m.batches.inc()
+        m.batch_size.observe(len(messages))
+        for stage, seconds in (
+            ("decode", t_decoded - started),
+            ("score", t_scored - t_decoded),
+            ("encode", t_encoded - t_scored),
+            ("produce", t_delivered - t_encoded),
+            ("commit", t_committed - t_delivered),
+        ):
+            m.stage_seconds.labels(stage=stage).observe(seconds)
+        now_ms = time.time() * 1000
+        for msg in messages:
+            kind, timestamp = msg.timestamp()
+            if kind and timestamp > 0:
+                m.end_to_end.observe(max(0.0, (now_ms - timestamp) / 1000))
+        self._counts["consumed"] += len(messages)
+        self._counts["scored"] += scored
+        self._counts["rejected"] += len(rejections)
+
+    def _prediction_output(self, index: int, message: Message, ref: SourceRef, value: bytes) -> OutputRecord:
+        headers = [
+            ("scorer.source.topic", ref.topic.encode()),
+            ("scorer.source.partition", str(ref.partition).encode()),
+            ("scorer.source.offset", str(ref.offset).encode()),
+        ]
+        return OutputRecord(self.settings.output_topic, value, message.key(), headers, index)
+
+    def _dead_letter(self, message: Message, ref: SourceRef, rejection: Rejection) -> OutputRecord:
+        headers = dead_letter_headers(rejection, ref, self._model_tag, message.headers())
+        return OutputRecord(
+            self.settings.dead_letter_topic, message.value() or b"", message.key(), headers, rejection.index
+        )
+
+    def _deliver(
+        self, outputs: list[OutputRecord], messages: list[Message], refs: list[SourceRef], deadline: float | None
+    ) -> list[Rejection]:
+        """Produce and wait; permanent failures become dead letters, transient ones are produced again.
+
+        Returns the extra rejections (outputs the broker refused for good). Raises ``DeliveryError`` when a
+        dead letter itself cannot be delivered: then nothing is committed and a restart replays the batch.
+        """
+        extra: list[Rejection] = []
+        pending = outputs
+        attempt = 0
+        while pending:
+            self.tracker.produce(pending)
+            self._wait_for_deliveries(deadline)
+            failures = self.tracker.take_failures()
+            pending = []
+            for record, code, reason, fatal in failures:
+                if fatal:
+                    self._recreate_producer(reason)
+                permanent = code in PERMANENT_PRODUCE_ERRORS
+                if record.topic == self.settings.output_topic and permanent:
+                    rejection = Rejection(
+                        record.source_index, RejectReason.OUTPUT_REJECTED, f"the prediction was refused: {reason}"
+                    )
+                    extra.append(rejection)
+                    pending.append(
+                        self._dead_letter(messages[record.source_index], refs[record.source_index], rejection)
+                    )
+                elif record.topic == self.settings.dead_letter_topic and permanent:
+                    raise DeliveryError(f"a dead letter was refused by the broker: {reason}")
+                else:
+                    pending.append(record)
+            if pending:
+                attempt += 1
+                self.metrics.delivery_retries.inc()
+                log.warning("%d outputs not delivered (attempt %d); producing them again", len(pending), attempt)
+                time.sleep(min(5.0, 0.2 * 2**attempt))
+        return extra
+
+    def _wait_for_deliveries(self, deadline: float | None) -> None:
+        while True:
+            budget = 10.0 if deadline is None else max(0.0, deadline - self._clock())
+            try:
+                self.tracker.wait(budget)
+                self.metrics.ready.set(1)
+                return
+            except DeliveryError:
+                self.metrics.ready.set(0)
+                if deadline is not None and self._clock() >= deadline:
+                    raise
+                log.warning("waiting for %d output acknowledgements (broker unreachable?)", len(self.producer))
+
+    def _recreate_producer(self, reason: str) -> None:
+        """A fatal producer error (e.g. the broker forgot the idempotent producer id): start a new one."""
+        log.warning("producer failed fatally (%s): creating a new producer", reason)
+        self.producer.flush(0)
+        self.producer = create_producer(self.settings)
+        self.tracker = DeliveryTracker(self.producer)
+
+    # ----------------------------------------------------------------- callbacks
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("assigned %s", _describe(partitions))
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Finish and commit what was collected before the partitions move to another replica."""
+        log.info("revoked %s: finishing %d collected records", _describe(partitions), len(self._collected))
+        self._process_collected()
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions lost without a clean revoke cannot be committed: drop their records (a new owner replays)."""
+        lost = {(p.topic, p.partition) for p in partitions}
+        self._collected = [m for m in self._collected if (m.topic(), m.partition()) not in lost]
+        log.warning("lost %s", _describe(partitions))
+
+    def _on_client_error(self, error: KafkaError) -> None:
+        if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):  # noqa: SLF001 - public librdkafka codes
+            self.metrics.ready.set(0)
+        log.warning("kafka client: %s", error.str())
+
+
+def _describe(partitions: list[TopicPartition]) -> str:
+    return ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing"
+
+
+def run_pipeline(settings: RunSettings, registry: CollectorRegistry = REGISTRY) -> None:
+    """Start and run the scorer until SIGTERM/SIGINT (the CLI installs the signal handlers)."""
+    pipeline = ScoringPipeline(settings, registry)
+    pipeline.start()
+    pipeline.run()
