@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -31,13 +32,29 @@ def scorer_env(stack: Stack, input_topic: str, output_topic: str, model: Trained
 
 
 def produce_rows(
-    producer: Producer, registry: SchemaRegistryClient, topic: str, model: TrainedModel, n: int, seed: int = 0
+    producer: Producer,
+    registry: SchemaRegistryClient,
+    topic: str,
+    model: TrainedModel,
+    n: int,
+    seed: int = 0,
+    rate: float | None = None,
+    background: bool = False,
 ) -> tuple[list[str], object]:
-    """Produce ``n`` training rows (sampled with replacement) as framed Avro; returns ids and the rows."""
+    """Produce ``n`` training rows (sampled with replacement) as framed Avro; returns ids and the rows.
+
+    With ``background`` the rows are produced by a thread (paced at ``rate``/s) while the test goes on;
+    the first row is produced before returning so that the input schema is registered.
+    """
     rows = model.frame.sample(n=n, replace=True, random_state=seed).reset_index(drop=True)
     ids = [f"{topic}-{i}" for i in range(n)]
     serializer = AvroSerializer(registry, json.dumps(feature_writer_schema(model.bundle.schema)))
-    produce_features(producer, serializer, topic, rows, ids)
+    if not background:
+        produce_features(producer, serializer, topic, rows, ids, rate)
+        return ids, rows
+    produce_features(producer, serializer, topic, rows.iloc[:1], ids[:1])
+    thread = threading.Thread(target=produce_features, args=(producer, serializer, topic, rows.iloc[1:], ids[1:], rate))
+    thread.start()
     return ids, rows
 
 
