@@ -121,6 +121,8 @@ def build_bundle(
         if task == "multiclass" and len(classes) < 2:
             raise BundleError("a classifier needs at least two classes")
         positive_class = classes[-1] if positive_class is None else positive_class
+        if positive_class not in classes:  # from the command line it is text: "1" names the class 1
+            positive_class = next((c for c in classes if str(c) == str(positive_class)), positive_class)
         if task == "binary" and positive_class not in classes:
             raise BundleError(f"positive class {positive_class!r} is not one of the model's classes {classes}")
     if task == "regression":

@@ -28,6 +28,7 @@ __all__ = [
     "DecodedBatch",
     "FeatureDecoder",
     "PredictionEncoder",
+    "RecordDecoder",
     "SchemaLookup",
     "frame_value",
     "split_frame",
@@ -142,9 +143,8 @@ class FeatureDecoder:
             if exc.error_code == 40403 or exc.status == 404:
                 return None
             raise
-        writer_json = json.loads(writer_text)
-        try:
-            differences = check_readable(self._training, writer_json)
+        try:  # the text, not parsed JSON: a non-record or non-JSON writer schema is a difference, not a crash
+            differences = check_readable(self._training, writer_text)
         except SchemaError as exc:
             differences = [str(exc)]
         if differences:
@@ -152,6 +152,7 @@ class FeatureDecoder:
                 incompatible=f"schema id {schema_id} cannot be read as the training schema: " + "; ".join(differences)
             )
         else:
+            writer_json = json.loads(writer_text)
             reader = self._training.reader_schema(self._id_field, writer=writer_json)
             entry = _WriterEntry(writer=fastavro.parse_schema(writer_json), reader=fastavro.parse_schema(reader))
         self._cache[schema_id] = entry
@@ -193,3 +194,37 @@ class PredictionEncoder:
             fastavro.schemaless_writer(stream, self._parsed, record)
             encoded.append(stream.getvalue())
         return encoded
+
+
+class RecordDecoder:
+    """Decodes framed Avro records with their writer schema as is (no reader schema).
+
+    For consumers that read what scorer itself wrote (predictions) or a documented contract (labels):
+    the fields are looked up by name, so any compatible evolution of those schemas reads fine.
+    """
+
+    def __init__(self, lookup: SchemaLookup) -> None:
+        self._lookup = lookup
+        self._parsed: dict[int, Any] = {}
+
+    def decode(self, value: bytes | None) -> dict[str, Any] | tuple[RejectReason, str]:
+        framed = split_frame(value)
+        if isinstance(framed[0], RejectReason):
+            return framed[0], str(framed[1])
+        schema_id, body = framed
+        assert isinstance(schema_id, int) and isinstance(body, bytes)  # noqa: S101 - narrows the union
+        writer = self._parsed.get(schema_id)
+        if writer is None:
+            try:
+                writer = fastavro.parse_schema(json.loads(self._lookup(schema_id)))
+            except RegistryUnavailable:
+                raise
+            except RegistryError as exc:
+                if exc.error_code == 40403 or exc.status == 404:
+                    return RejectReason.UNKNOWN_SCHEMA_ID, f"schema id {schema_id} is not in the registry"
+                raise
+            self._parsed[schema_id] = writer
+        record = _read_body(body, _WriterEntry(writer=writer, reader=None))
+        if isinstance(record, str):
+            return RejectReason.MALFORMED_BODY, record
+        return record

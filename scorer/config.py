@@ -34,6 +34,7 @@ __all__ = [
     "env_name",
     "flag_name",
     "load_settings",
+    "parse_duration",
     "redact",
 ]
 
@@ -145,14 +146,53 @@ class EvaluateSettings(KafkaSettings):
     """Settings of ``scorer evaluate`` (the evaluation sidecar)."""
 
     predictions_topic: str = setting("Topic of prediction records (the scorer's output topic).", default="")
-    labels_topic: str = setting("Topic of ground-truth label records.", default="")
-    group_id: str = setting("Consumer group of the sidecar.", default="scorer-evaluate")
-    model: str = setting("Model bundle directory: gives the task, classes and positive class.", default="")
+    labels_topic: str = setting("Topic of ground-truth label records (schemas/label.avsc), keyed by id.", default="")
+    group_id: str = setting("Consumer group of the sidecars (one per scorer replica).", default="scorer-evaluate")
+    metrics_port: int = setting("Port of the Prometheus /metrics endpoint (0 turns it off).", default=9401)
+    count_window: int = setting("Rows in the count window (the last N labelled rows).", default=1000, minimum=1)
+    time_windows: str = setting("Event-time windows, comma-separated durations (s, m, h, d).", default="5m,1h")
+    label_ttl_s: float = setting(
+        "How long an unmatched prediction or label waits for its partner.", default=21600, minimum=1
+    )
+    max_pending: int = setting(
+        "Most unmatched predictions (and, separately, labels) kept.", default=1_000_000, minimum=1
+    )
+    threshold: float = setting(
+        "Binary: predicted positive when P(positive class) >= threshold.", default=0.5, minimum=0
+    )
+    positive_class: str = setting("Binary: the positive class (default: the last class of the model).", default="")
+    rebuild_span_s: float = setting(
+        "On start, re-read this much of both topics to rebuild windows and pending joins "
+        "(0: label TTL + longest time window).",
+        default=0,
+        minimum=0,
+    )
 
     def __post_init__(self) -> None:
-        for name in ("bootstrap_servers", "schema_registry_url", "predictions_topic", "labels_topic", "model"):
+        for name in ("bootstrap_servers", "schema_registry_url", "predictions_topic", "labels_topic"):
             if not getattr(self, name):
                 raise ConfigError(f"{flag_name(name)} / {env_name(name)}", "is required")
+        spans = self.time_window_seconds  # validates the durations
+        if not self.rebuild_span_s:
+            object.__setattr__(self, "rebuild_span_s", self.label_ttl_s + max(spans, default=0))
+
+    @property
+    def time_window_seconds(self) -> list[int]:
+        return [parse_duration(part, "--time-windows") for part in self.time_windows.split(",") if part.strip()]
+
+
+def parse_duration(text: str, setting_name: str) -> int:
+    """``"90s"``, ``"5m"``, ``"1h"``, ``"1d"`` or plain seconds, as whole seconds.
+
+    >>> parse_duration("5m", "--time-windows"), parse_duration("3600", "--time-windows")
+    (300, 3600)
+    """
+    text = text.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], units[text[-1]]) if text[-1:] in units else (text, 1)
+    if not number.isdigit() or int(number) == 0:
+        raise ConfigError(setting_name, f"has value {text!r}; expected durations like 90s, 5m, 1h, 1d")
+    return int(number) * unit
 
 
 def flag_name(name: str) -> str:
@@ -193,11 +233,18 @@ def load_settings(
         if spec.metadata.get("secret") and where.startswith("--"):
             raise ConfigError(where, f"is a secret: set {env_name(name)} or put it in the config file instead")
         values[name] = _convert(raw, hints[name], where, spec.metadata)
+    for name, spec in fields.items():  # without this, a field with no default fails as a TypeError
+        if name not in values and spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{flag_name(name)} / {env_name(name)}", "is required")
     return cls(**values)
 
 
 def _reject_unknown_environment(fields: Mapping[str, Any], environ: Mapping[str, str]) -> None:
     """A misspelt ``SCORER_*`` variable would otherwise be ignored silently."""
+    if env_name("kafka_config") in environ:
+        raise ConfigError(
+            env_name("kafka_config"), "set one SCORER_KAFKA_<KEY> variable per librdkafka setting instead"
+        )
     known = {env_name(name) for name in fields} | OTHER_ENVIRONMENT
     for key in environ:
         if (
@@ -238,7 +285,12 @@ def _convert(raw: Any, hint: Any, where: str, metadata: Mapping[str, Any]) -> An
         raise ConfigError(where, f"has value {raw!r}. Not a valid boolean (true/false)")
     if hint in (int, float):
         try:
+            # TOML is typed: int(10.7) and int(True) would silently change what the user wrote
+            if isinstance(raw, bool) or (hint is int and isinstance(raw, float)):
+                raise ValueError(raw)
             value = hint(raw)
+            if value != value:  # NaN passes every minimum check
+                raise ValueError(raw)
         except (TypeError, ValueError):
             raise ConfigError(where, f"has value {raw!r}. Not a valid {hint.__name__}") from None
         minimum = metadata.get("minimum")
@@ -269,7 +321,7 @@ def _kafka_config(
     merged.update({str(k): str(v) for k, v in file_table.items()})
     prefix = ENV_PREFIX + "KAFKA_"
     for key, value in environ.items():
-        if key.startswith(prefix) and key != env_name("kafka_config_file"):
+        if key.startswith(prefix) and key not in (env_name("kafka_config_file"), env_name("kafka_config")):
             merged[key[len(prefix) :].lower().replace("_", ".")] = value
     for item in flag_items or []:
         key, sep, value = item.partition("=")

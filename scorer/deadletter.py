@@ -39,7 +39,8 @@ def dead_letter_headers(
     headers = [(key, value or b"") for key, value in (original or []) if not key.startswith("scorer.")]
     headers += [
         ("scorer.reason", rejection.reason.value.encode()),
-        ("scorer.detail", rejection.detail.encode("utf-8", "replace")[:4000]),
+        # cut at 4000 bytes without splitting a UTF-8 character, so consumers can always decode it
+        ("scorer.detail", rejection.detail.encode("utf-8", "replace")[:4000].decode("utf-8", "ignore").encode()),
         ("scorer.source.topic", ref.topic.encode()),
         ("scorer.source.partition", str(ref.partition).encode()),
         ("scorer.source.offset", str(ref.offset).encode()),

@@ -234,6 +234,22 @@ class BinaryMetrics:
         self._loss += sign * _units(_log_loss_term(y_true, p))
         _bump(self._pos if y_true else self._neg, p, sign)
 
+    def score_buckets(self, bounds: Sequence[float]) -> dict[bool, tuple[list[int], float]]:
+        """Per true class: cumulative counts of scores <= each bound, and the sum of scores.
+
+        Additive across replicas, so PromQL can approximate a fleet-wide ROC curve and AUC from them.
+        """
+        edges = np.asarray(bounds, dtype=np.float64)
+        result = {}
+        for positive, multiset in ((True, self._pos), (False, self._neg)):
+            scores = np.fromiter(multiset.keys(), dtype=np.float64, count=len(multiset))
+            counts = np.fromiter(multiset.values(), dtype=np.int64, count=len(multiset))
+            order = np.argsort(scores)
+            cumulative = np.concatenate([[0], np.cumsum(counts[order])])
+            below = np.searchsorted(scores[order], edges, side="right")
+            result[positive] = (cumulative[below].tolist(), float(np.dot(scores, counts)))
+        return result
+
     def get(self) -> dict[str, float]:
         """The binary Evaluate Model set; see the module docstring for the nan rules."""
         tn, fp, fn, tp = self.tn, self.fp, self.fn, self.tp
@@ -351,6 +367,16 @@ class RegressionMetrics:
         self._sum_abs += sign * _units(abs(error))
         self._sum_sq += sign * _square_units(error)
         _bump(self._ys, y, sign)
+
+    def sums(self) -> dict[str, float]:
+        """Window sums that add up across replicas: fleet MAE = Σ abs_error_sum / Σ rows, and so on."""
+        scale = float(1 << _SHIFT)
+        return {
+            "abs_error_sum": self._sum_abs / scale,
+            "squared_error_sum": self._sum_sq / scale,
+            "label_sum": self._sum_y / scale,
+            "label_squared_sum": self._sum_y2 / scale,
+        }
 
     def get(self) -> dict[str, float]:
         """The regression Evaluate Model set; see the module docstring for the nan rules."""
@@ -603,6 +629,26 @@ class Evaluator:
     def snapshot(self) -> dict[str, dict[str, float]]:
         """Metrics per window name, plus ``window_rows``: the number of rows in the window."""
         return {name: {**w.metric.get(), "window_rows": float(len(w))} for name, w in self._windows.items()}
+
+    def metric(self, window: str) -> BinaryMetrics | MulticlassMetrics | RegressionMetrics:
+        """The accumulator of one window, for the additive series (confusion cells, sums, score buckets)."""
+        return self._windows[window].metric  # type: ignore[return-value]
+
+    def confusion_cells(self, window: str) -> dict[tuple[str, str], int]:
+        """Confusion cells ``(actual, predicted) -> count`` for classifiers; binary cells use class names."""
+        metric = self.metric(window)
+        if isinstance(metric, MulticlassMetrics):
+            return metric.confusion
+        if isinstance(metric, BinaryMetrics):
+            positive = self._positive
+            negative = next((c for c in self.classes or [] if c != positive), f"not {positive}")
+            return {
+                (positive, positive): metric.tp,
+                (negative, positive): metric.fp,
+                (positive, negative): metric.fn,
+                (negative, negative): metric.tn,
+            }
+        raise ValueError("regression has no confusion matrix")
 
     def confusion(self, window: str) -> dict[tuple[str, str], int]:
         """Multiclass only: the window's non-zero confusion cells keyed ``(actual, predicted)``.

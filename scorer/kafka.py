@@ -58,9 +58,20 @@ def _build(kind: type, config: dict[str, Any]) -> Any:
         raise ConfigError("--kafka-config", f"librdkafka refused the {kind.__name__.lower()} settings: {exc}") from exc
 
 
-def create_consumer(settings: KafkaSettings, group_id: str, **callbacks: Callable[..., Any]) -> Consumer:
-    """A group consumer with scorer's defaults; ``callbacks`` are librdkafka callbacks (``stats_cb``...)."""
-    config: dict[str, Any] = {**CONSUMER_DEFAULTS, **settings.client_config(), "group.id": group_id, **callbacks}
+def create_consumer(
+    settings: KafkaSettings, group_id: str, overrides: dict[str, str] | None = None, **callbacks: Callable[..., Any]
+) -> Consumer:
+    """A group consumer with scorer's defaults, then ``overrides`` (a service's own), then the user's settings.
+
+    ``callbacks`` are librdkafka callbacks (``stats_cb``, ``error_cb``...).
+    """
+    config: dict[str, Any] = {
+        **CONSUMER_DEFAULTS,
+        **(overrides or {}),
+        **settings.client_config(),
+        "group.id": group_id,
+        **callbacks,
+    }
     return _build(Consumer, config)
 
 

@@ -9,11 +9,15 @@ May import: errors. Third-party: prometheus_client.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-__all__ = ["ScorerMetrics", "serve_metrics"]
+__all__ = ["SCORE_BOUNDS", "EvaluationCollector", "EvaluationView", "ScorerMetrics", "WindowView", "serve_metrics"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -91,3 +95,122 @@ def serve_metrics(port: int, host: str, registry: CollectorRegistry = REGISTRY) 
         return None
     server, _thread = start_http_server(port, addr=host, registry=registry)
     return server
+
+
+SCORE_BOUNDS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+"""Upper bounds of the positive-class score buckets (0.05 ... 1.0) for the fleet-wide ROC approximation."""
+
+
+@dataclass
+class WindowView:
+    """One window of one model version, as the evaluation sidecar sees it at scrape time."""
+
+    model_name: str
+    model_version: str
+    window: str
+    metrics: dict[str, float]
+    confusion: dict[tuple[str, str], int] | None = None
+    sums: dict[str, float] | None = None
+    score_buckets: dict[bool, tuple[list[int], float]] | None = None
+
+
+@dataclass
+class EvaluationView:
+    """Everything the sidecar exports, read under its lock in one go."""
+
+    windows: list[WindowView] = field(default_factory=list)
+    join_counts: dict[str, int] = field(default_factory=dict)
+    invalid: dict[tuple[str, str], int] = field(default_factory=dict)
+    late_rows: dict[tuple[str, str, str], int] = field(default_factory=dict)
+
+
+_JOIN_OUTCOMES = {
+    "joined": "joined",
+    "expired_predictions": "expired_prediction",
+    "expired_labels": "expired_label",
+    "evicted_predictions": "evicted_prediction",
+    "evicted_labels": "evicted_label",
+    "duplicate_predictions": "duplicate_prediction",
+    "duplicate_labels": "duplicate_label",
+    "conflicting_labels": "conflicting_label",
+}
+
+
+class EvaluationCollector(Collector):
+    """Exports rolling evaluation metrics computed at scrape time (prometheus' custom-collector pattern).
+
+    Windows are recomputed from the sidecar's state on each scrape rather than pushed into gauges, so a
+    window that loses its rows shows it at once, and nothing is exported twice after a restart.
+    """
+
+    def __init__(self, view: Callable[[], EvaluationView]) -> None:
+        self._view = view
+
+    def collect(self) -> Iterator[Metric]:
+        view = self._view()
+        keys = ["window", "model_name", "model_version"]
+        families: dict[str, GaugeMetricFamily] = {}
+        for w in view.windows:
+            labels = [w.window, w.model_name, w.model_version]
+            for name, value in w.metrics.items():
+                metric = f"scorer_evaluation_{name}"
+                if metric not in families:
+                    families[metric] = GaugeMetricFamily(
+                        metric, f"Rolling {name.replace('_', ' ')} per window.", labels=keys
+                    )
+                families[metric].add_metric(labels, value)
+        yield from families.values()
+        yield from _additive_families(view.windows, keys)
+        counts = CounterMetricFamily(
+            "scorer_evaluation_records", "Predictions and labels by join outcome.", labels=["outcome"]
+        )
+        for field_name, outcome in _JOIN_OUTCOMES.items():
+            counts.add_metric([outcome], view.join_counts.get(field_name, 0))
+        yield counts
+        seen = CounterMetricFamily("scorer_evaluation_seen", "Records read, by topic kind.", labels=["side"])
+        seen.add_metric(["prediction"], view.join_counts.get("predictions_seen", 0))
+        seen.add_metric(["label"], view.join_counts.get("labels_seen", 0))
+        yield seen
+        pending = GaugeMetricFamily("scorer_evaluation_pending", "Unmatched records waiting.", labels=["side"])
+        pending.add_metric(["prediction"], view.join_counts.get("pending_predictions", 0))
+        pending.add_metric(["label"], view.join_counts.get("pending_labels", 0))
+        yield pending
+        invalid = CounterMetricFamily(
+            "scorer_evaluation_invalid_records", "Records that could not be evaluated.", labels=["topic", "reason"]
+        )
+        for (topic, reason), count in view.invalid.items():
+            invalid.add_metric([topic, reason], count)
+        yield invalid
+        late = CounterMetricFamily(
+            "scorer_evaluation_late_rows", "Labelled rows older than a time window when they arrived.", labels=keys
+        )
+        for (name, version, window), count in view.late_rows.items():
+            late.add_metric([window, name, version], count)
+        yield late
+
+
+def _additive_families(windows: list[WindowView], keys: list[str]) -> Iterator[Metric]:
+    """Series that sum across replicas, for fleet-wide PromQL (see the README)."""
+    confusion = GaugeMetricFamily(
+        "scorer_evaluation_confusion", "Confusion matrix cells in the window.", labels=[*keys, "actual", "predicted"]
+    )
+    sums = {
+        name: GaugeMetricFamily(f"scorer_evaluation_{name}", f"Window {name.replace('_', ' ')}.", labels=keys)
+        for name in ("abs_error_sum", "squared_error_sum", "label_sum", "label_squared_sum")
+    }
+    scores = GaugeHistogramMetricFamily(
+        "scorer_evaluation_score", "Positive-class scores in the window, by true class.", labels=[*keys, "actual"]
+    )
+    for w in windows:
+        labels = [w.window, w.model_name, w.model_version]
+        for (actual, predicted), count in (w.confusion or {}).items():
+            confusion.add_metric([*labels, actual, predicted], count)
+        for name, value in (w.sums or {}).items():
+            sums[name].add_metric(labels, value)
+        for positive, (cumulative, total) in (w.score_buckets or {}).items():
+            buckets = [(str(bound), count) for bound, count in zip(SCORE_BOUNDS, cumulative, strict=True)]
+            buckets.append(("+Inf", cumulative[-1]))
+            scores.add_metric([*labels, "positive" if positive else "negative"], buckets, gsum_value=total)
+    yield confusion
+    yield from sums.values()
+    yield scores

@@ -31,6 +31,7 @@ __all__ = [
     "TrainingSchema",
     "avro_field_type",
     "check_readable",
+    "label_schema",
     "load_contract",
     "prediction_schema",
 ]
@@ -189,7 +190,12 @@ def check_readable(training: TrainingSchema, writer: dict[str, Any] | str) -> li
     The verdict is the ``avro`` checker's; the returned list names each offending field so that the
     start-up error and the dead-letter detail say what to fix.
     """
-    writer_json = json.loads(writer) if isinstance(writer, str) else writer
+    try:
+        writer_json = json.loads(writer) if isinstance(writer, str) else writer
+    except json.JSONDecodeError as exc:
+        raise SchemaError(f"the writer schema is not Avro JSON (a Protobuf or other schema?): {exc}") from exc
+    if not isinstance(writer_json, dict):  # a primitive ("string") or a top-level union
+        return [f"writer schema is {json.dumps(writer_json)[:200]}, not a record"]
     if writer_json.get("type") != "record":
         return [f"writer schema is a {writer_json.get('type')!r}, not a record"]
     try:
@@ -238,6 +244,15 @@ def load_contract(name: str) -> dict[str, Any]:
     if not path.is_file():
         raise SchemaError(f"{path} is missing: scorer must run from its source tree or an image that has schemas/")
     return dict(json.loads(path.read_text()))
+
+
+def label_schema(label_type: str) -> dict[str, Any]:
+    """The label record schema (``schemas/label.avsc``) with ``label`` typed like the model's label."""
+    schema = load_contract("label")
+    for spec in schema["fields"]:
+        if spec["name"] == "label":
+            spec["type"] = label_type
+    return schema
 
 
 def prediction_schema(training: TrainingSchema, label_type: str, include_features: bool = False) -> dict[str, Any]:

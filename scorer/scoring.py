@@ -77,7 +77,8 @@ class Scorer:
         result = ScoreResult()
         if not rows:
             return result
-        frame = pd.DataFrame.from_records(rows, columns=[*self._columns, self._id_field])
+        # dict.fromkeys: the id may itself be a feature, and a duplicate column would break the checks
+        frame = pd.DataFrame.from_records(rows, columns=list(dict.fromkeys([*self._columns, self._id_field])))
         ok = self._validate(frame, positions, result.rejections)
         frame, positions = frame[ok], positions[ok]
         labels, probabilities, failed = self._predict_isolating(frame[self._columns])
@@ -89,7 +90,7 @@ class Scorer:
         frame, positions = frame[keep], positions[keep]
         labels = labels[keep]
         probabilities = probabilities[keep] if probabilities is not None else None
-        result.predictions = self._records(frame, labels, probabilities)
+        result.predictions = self._records(frame, labels, probabilities, rows)
         result.indices = positions.tolist()
         result.rejections.sort(key=lambda r: r.index)
         return result
@@ -128,6 +129,8 @@ class Scorer:
     def _predict_isolating(self, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """One model call for the batch; on failure, bisect to find the failing rows."""
         failed = np.full(len(features), None, dtype=object)
+        if len(features) == 0:  # every row was rejected: no model call, and nothing to bisect
+            return np.empty(0, dtype=object), self._empty_probabilities(0), failed
         try:
             labels, probabilities = self._predict(features)
             return labels, probabilities, failed
@@ -161,11 +164,16 @@ class Scorer:
         return labels, None
 
     def _records(
-        self, frame: pd.DataFrame, labels: np.ndarray, probabilities: np.ndarray | None
+        self,
+        frame: pd.DataFrame,
+        labels: np.ndarray,
+        probabilities: np.ndarray | None,
+        source_rows: Sequence[dict[str, Any]],
     ) -> list[dict[str, Any]]:
         n = len(frame)
         scored_at = int(self._clock() * 1000)
-        ids = frame[self._id_field].astype(str).tolist()
+        # from the rows: in the frame, one missing id turns the long ids of the batch into floats ("7.0")
+        ids = [str(source_rows[row].get(self._id_field)) for row in frame.index]
         plain_labels = labels.tolist()
         if self.bundle.task == "regression":
             plain_labels = [float(v) for v in plain_labels]
@@ -196,8 +204,10 @@ class Scorer:
             for i in range(n)
         ]
         if self._include_features:
-            for record, features in zip(records, frame[self._columns].to_dict("records"), strict=True):
-                record["features"] = features
+            # from the rows as decoded (the frame keeps their positions as its index), not from the frame:
+            # pandas turns a null long into NaN (and 3 into 3.0), which the Avro ["null", "long"] cannot carry
+            for record, row in zip(records, frame.index, strict=True):
+                record["features"] = {name: source_rows[row].get(name) for name in self._columns}
         return records
 
 
