@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from scorer import __version__
-from scorer.config import KafkaSettings, RunSettings, env_name, flag_name, load_settings
+from scorer.config import EvaluateSettings, KafkaSettings, RunSettings, env_name, flag_name, load_settings
 from scorer.errors import BundleError, ConfigError, SchemaError, ScorerError
 
 __all__ = ["main"]
@@ -72,6 +72,44 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, pipeline.request_stop)
     pipeline.start()
     pipeline.run()
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from scorer.sidecar import EvaluationSidecar  # noqa: PLC0415
+
+    settings: EvaluateSettings = _settings(EvaluateSettings, args)
+    _setup_logging(settings.log_level)
+    log.info("settings: %r", settings)
+    sidecar = EvaluationSidecar(settings)
+    signal.signal(signal.SIGTERM, sidecar.request_stop)
+    signal.signal(signal.SIGINT, sidecar.request_stop)
+    sidecar.start()
+    sidecar.run()
+    return 0
+
+
+def cmd_labels(args: argparse.Namespace) -> int:
+    from scorer.bundle import read_table  # noqa: PLC0415
+    from scorer.labels import publish_labels  # noqa: PLC0415
+
+    settings: KafkaSettings = _settings(KafkaSettings, args)
+    _setup_logging(settings.log_level)
+    if not args.file.is_file():
+        raise ConfigError("FILE", f"{args.file} does not exist")
+    frame = read_table(args.file)
+    count = publish_labels(
+        settings,
+        frame,
+        args.labels_topic,
+        args.id_column,
+        args.label_column,
+        args.event_time_column,
+        args.label_type,
+        args.rate,
+        progress=lambda n: print(f"{n} labels sent", file=sys.stderr),
+    )
+    print(f"{count} labels published to {args.labels_topic}")
     return 0
 
 
@@ -156,6 +194,27 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="score a Kafka topic of Avro features", description=RunSettings.__doc__)
     add_settings_arguments(run, RunSettings)
     run.set_defaults(handler=cmd_run)
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="the evaluation sidecar: rolling metrics once labels arrive",
+        description=EvaluateSettings.__doc__,
+    )
+    add_settings_arguments(evaluate, EvaluateSettings)
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    labels = sub.add_parser("labels", help="publish ground-truth labels from a CSV or Parquet file")
+    labels.add_argument("file", type=Path, metavar="FILE")
+    labels.add_argument("--labels-topic", required=True)
+    labels.add_argument("--id-column", default="id")
+    labels.add_argument("--label-column", default="label")
+    labels.add_argument("--event-time-column", help="event times (default: now)")
+    labels.add_argument(
+        "--label-type", choices=["string", "long", "double", "boolean"], help="default: from the column"
+    )
+    labels.add_argument("--rate", type=float, help="labels per second (default: as fast as possible)")
+    add_settings_arguments(labels, KafkaSettings)
+    labels.set_defaults(handler=cmd_labels)
 
     bundle = sub.add_parser("bundle", help="make a model bundle from a joblib model and its training data")
     bundle.add_argument("model", type=Path, metavar="MODEL.joblib", help="a fitted scikit-learn estimator or Pipeline")

@@ -370,12 +370,11 @@ class RegressionMetrics:
 
     def sums(self) -> dict[str, float]:
         """Window sums that add up across replicas: fleet MAE = Σ abs_error_sum / Σ rows, and so on."""
-        scale = float(1 << _SHIFT)
         return {
-            "abs_error_sum": self._sum_abs / scale,
-            "squared_error_sum": self._sum_sq / scale,
-            "label_sum": self._sum_y / scale,
-            "label_squared_sum": self._sum_y2 / scale,
+            "abs_error_sum": _mean(self._sum_abs, 1),
+            "squared_error_sum": _mean(self._sum_sq, 1),
+            "label_sum": _mean(self._sum_y, 1),
+            "label_squared_sum": _mean(self._sum_y2, 1),
         }
 
     def get(self) -> dict[str, float]:
