@@ -65,6 +65,7 @@ class ScorerMetrics:
             ["model_name", "model_version", "task"],
             registry=registry,
         )
+        self._lag_series: set[tuple[str, str]] = set()
         self.ready = Gauge(
             "scorer_ready", "1 while the scorer is consuming and its broker is reachable.", registry=registry
         )
@@ -82,11 +83,16 @@ class ScorerMetrics:
     def on_stats(self, stats_json: str) -> None:
         """librdkafka ``stats_cb``: copy consumer lag per assigned partition (library first: no lag math here)."""
         stats: dict[str, Any] = json.loads(stats_json)
+        current = set()
         for topic, info in stats.get("topics", {}).items():
             for partition, values in info.get("partitions", {}).items():
                 if partition == "-1" or values.get("consumer_lag", -1) < 0:
                     continue
                 self.lag.labels(topic=topic, partition=partition).set(values["consumer_lag"])
+                current.add((topic, partition))
+        for gone in self._lag_series - current:  # moved to another replica: stop exporting a stale value
+            self.lag.remove(*gone)
+        self._lag_series = current
 
 
 def serve_metrics(port: int, host: str, registry: CollectorRegistry = REGISTRY) -> Any:

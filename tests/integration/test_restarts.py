@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
+from confluent_kafka.schema_registry import Schema
 
+from scorer.demo import feature_writer_schema
 from tests.fixtures.stack import read_topic
 from tests.integration.helpers import duplicates, produce_rows, read_predictions, scorer_env, start_scorer
 
@@ -16,9 +19,18 @@ RATE = 4_000
 BATCH = 200
 
 
-def _stop_mid_stream(scorer, stop, stack, sink) -> int:
-    """Stop the scorer while input is still arriving; returns how many predictions existed by then."""
+def _register_input_schema(registry_client, source: str, model) -> None:
+    schema = feature_writer_schema(model.bundle.schema)
+    registry_client.register_schema(f"{source}-value", Schema(json.dumps(schema), "AVRO"))
+
+
+def _stop_mid_stream(scorer, stop, stack, sink, start_input) -> int:
+    """Start the input once the scorer owns its partitions, stop the scorer while input is still arriving.
+
+    Returns how many predictions existed by then.
+    """
     scorer.wait_for_log("assigned", timeout_s=60)
+    start_input()
     time.sleep(1.5)
     stop()
     done = len(read_topic(stack.bootstrap, sink, expected=RECORDS, timeout_s=2))
@@ -31,8 +43,12 @@ def test_sigterm_drains_commits_and_restarts_without_duplicates(
 ):
     model = trained("binary")
     source, sink = topic_factory("features"), topic_factory("predictions")
-    ids, _ = produce_rows(producer, registry_client, source, model, n=RECORDS, rate=RATE, background=True)
+    _register_input_schema(registry_client, source, model)
     env = scorer_env(stack, source, sink, model, SCORER_MAX_BATCH_SIZE=str(BATCH), SCORER_DRAIN_TIMEOUT_S="15")
+    ids: list[str] = []
+
+    def start_input() -> None:
+        ids.extend(produce_rows(producer, registry_client, source, model, n=RECORDS, rate=RATE, background=True)[0])
 
     first = start_scorer(env, tmp_path, "first")
     stopped_at = []
@@ -42,7 +58,7 @@ def test_sigterm_drains_commits_and_restarts_without_duplicates(
         first.sigterm()
         assert first.wait(30) == 0, first.output()[-2000:]
 
-    _stop_mid_stream(first, stop, stack, sink)
+    _stop_mid_stream(first, stop, stack, sink, start_input)
     assert time.monotonic() - stopped_at[0] < 15 + 3, "SIGTERM must finish within the drain timeout"
     assert "stopped:" in first.output()
 
@@ -62,11 +78,15 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(
 ):
     model = trained("binary")
     source, sink = topic_factory("features"), topic_factory("predictions")
-    ids, _ = produce_rows(producer, registry_client, source, model, n=RECORDS, rate=RATE, background=True)
+    _register_input_schema(registry_client, source, model)
     env = scorer_env(stack, source, sink, model, SCORER_MAX_BATCH_SIZE=str(BATCH))
+    ids: list[str] = []
+
+    def start_input() -> None:
+        ids.extend(produce_rows(producer, registry_client, source, model, n=RECORDS, rate=RATE, background=True)[0])
 
     first = start_scorer(env, tmp_path, "first")
-    _stop_mid_stream(first, first.sigkill, stack, sink)
+    _stop_mid_stream(first, first.sigkill, stack, sink, start_input)
 
     second = start_scorer(env, tmp_path, "second")
     try:
