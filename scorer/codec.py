@@ -19,7 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import fastavro
+import numpy as np
+import pandas as pd
+import polars as pl
 
+from scorer.avroblock import BlockLayout, decode_block, layout_of
 from scorer.errors import RegistryError, RegistryUnavailable, RejectReason, SchemaError
 from scorer.schema import TrainingSchema, check_readable
 from scorer.types import Rejection
@@ -35,6 +39,7 @@ __all__ = [
 ]
 
 MAGIC_BYTE = 0
+_POLARS_TYPES = {"double": pl.Float64, "long": pl.Int64, "boolean": pl.Boolean, "string": pl.String}
 _HEADER = struct.Struct(">bI")
 
 
@@ -70,23 +75,35 @@ def frame_value(schema_id: int, body: bytes) -> bytes:
 
 @dataclass
 class DecodedBatch:
-    """Decoded records in reader shape, the batch positions they came from, and the rejections."""
+    """Decoded records as one frame in reader shape, and the rejections.
 
-    records: list[dict[str, Any]] = field(default_factory=list)
-    indices: list[int] = field(default_factory=list)
-    schema_ids: list[int] = field(default_factory=list)
+    ``frame`` has the training feature columns plus the id column (ids as strings), and is indexed by the
+    records' positions in the batch, ascending, so that every row can be traced back to its source.
+    """
+
+    frame: pd.DataFrame
     rejections: list[Rejection] = field(default_factory=list)
+    schema_ids: list[int] = field(default_factory=list)
+
+    @property
+    def indices(self) -> list[int]:
+        return self.frame.index.tolist()
 
 
 @dataclass(frozen=True)
 class _WriterEntry:
     writer: Any = None
     reader: Any = None
+    layout: BlockLayout | None = None
     incompatible: str | None = None
 
 
 class FeatureDecoder:
     """Decodes framed Avro feature records onto the training schema, with a per-schema-id cache.
+
+    Bodies that share a writer schema are decoded together into columns (``avroblock``); when that is not
+    possible (nested writer schema) or a record does not fit exactly, the group is decoded record by
+    record with fastavro, which isolates the bad ones. Both paths give the same frame.
 
     A writer schema the training schema cannot read is remembered as incompatible: its records are
     rejected with the fields that differ, at the cost of one registry lookup per schema id.
@@ -97,39 +114,91 @@ class FeatureDecoder:
         self._id_field = id_field
         self._lookup = lookup
         self._cache: dict[int, _WriterEntry] = {}
+        self._columns = list(dict.fromkeys([*training.feature_names, id_field]))
+        self._types = {f.name: _POLARS_TYPES[f.type] for f in training.features}
 
     def decode(self, values: Sequence[bytes | None]) -> DecodedBatch:
-        batch = DecodedBatch()
+        rejections: list[Rejection] = []
+        groups: dict[int, tuple[list[int], list[bytes]]] = {}
         for index, value in enumerate(values):
             framed = split_frame(value)
             if isinstance(framed[0], RejectReason):
-                batch.rejections.append(Rejection(index, framed[0], str(framed[1])))
+                rejections.append(Rejection(index, framed[0], str(framed[1])))
                 continue
             schema_id, body = framed
             assert isinstance(schema_id, int) and isinstance(body, bytes)  # noqa: S101 - narrows the union
-            entry = self._entry(schema_id)
-            if entry is None:
-                batch.rejections.append(
-                    Rejection(
-                        index,
-                        RejectReason.UNKNOWN_SCHEMA_ID,
-                        f"schema id {schema_id} is not in the registry",
-                        schema_id,
-                    )
-                )
-            elif entry.incompatible is not None:
-                batch.rejections.append(
-                    Rejection(index, RejectReason.INCOMPATIBLE_SCHEMA, entry.incompatible, schema_id)
-                )
+            positions, bodies = groups.setdefault(schema_id, ([], []))
+            positions.append(index)
+            bodies.append(body)
+        parts = []
+        schema_ids = []
+        for schema_id, (positions, bodies) in groups.items():
+            part = self._decode_group(schema_id, positions, bodies, rejections)
+            if part is not None and len(part):
+                parts.append(part)
+                schema_ids += [schema_id] * len(part)
+        if len(parts) == 1:
+            frame = parts[0]
+        elif parts:
+            frame = pd.concat(parts)
+            order = np.argsort(frame.index.to_numpy(), kind="stable")
+            frame, schema_ids = frame.iloc[order], [schema_ids[i] for i in order]
+        else:
+            frame = pd.DataFrame(columns=self._columns, index=pd.Index([], dtype=np.int64))
+        rejections.sort(key=lambda r: r.index)
+        return DecodedBatch(frame, rejections, schema_ids)
+
+    def _decode_group(
+        self, schema_id: int, positions: list[int], bodies: list[bytes], rejections: list[Rejection]
+    ) -> pd.DataFrame | None:
+        entry = self._entry(schema_id)
+        if entry is None:
+            detail = f"schema id {schema_id} is not in the registry"
+            rejections += [Rejection(i, RejectReason.UNKNOWN_SCHEMA_ID, detail, schema_id) for i in positions]
+            return None
+        if entry.incompatible is not None:
+            rejections += [
+                Rejection(i, RejectReason.INCOMPATIBLE_SCHEMA, entry.incompatible, schema_id) for i in positions
+            ]
+            return None
+        if entry.layout is not None:
+            block = decode_block(bodies, entry.layout)
+            if block is not None:
+                return self._resolve(block, positions)
+        records, kept = [], []
+        for position, body in zip(positions, bodies, strict=True):
+            record = _read_body(body, entry)
+            if isinstance(record, str):
+                rejections.append(Rejection(position, RejectReason.MALFORMED_BODY, record, schema_id))
             else:
-                record = _read_body(body, entry)
-                if isinstance(record, str):
-                    batch.rejections.append(Rejection(index, RejectReason.MALFORMED_BODY, record, schema_id))
-                else:
-                    batch.records.append(record)
-                    batch.indices.append(index)
-                    batch.schema_ids.append(schema_id)
-        return batch
+                identifier = record.get(self._id_field)
+                record[self._id_field] = None if identifier is None else str(identifier)
+                records.append(record)
+                kept.append(position)
+        frame = pd.DataFrame.from_records(records, columns=self._columns, index=pd.Index(kept, dtype=np.int64))
+        for name in self._columns:  # the same column types as the columnar path
+            if self._types.get(name, pl.String) == pl.String:
+                frame[name] = frame[name].astype(object)
+        return frame
+
+    def _resolve(self, block: pl.DataFrame, positions: list[int]) -> pd.DataFrame:
+        """Avro schema resolution on columns: pick the reader's fields by name and promote their types.
+
+        The writer schema passed the compatibility check, so every feature is there with a type that
+        promotes (int -> long -> float -> double); a missing id becomes null.
+        """
+        columns = []
+        for name in self._columns:
+            if name in self._types:
+                columns.append(pl.col(name).cast(self._types[name]))
+            elif name in block.columns:
+                columns.append(pl.col(name).cast(pl.String))
+            else:
+                columns.append(pl.lit(None, dtype=pl.String).alias(name))
+        resolved = block.select(columns)
+        index = pd.Index(positions, dtype=np.int64)
+        data = {name: _as_pandas(resolved.get_column(name), index) for name in self._columns}
+        return pd.DataFrame(data, index=index, copy=False)
 
     def _entry(self, schema_id: int) -> _WriterEntry | None:
         cached = self._cache.get(schema_id)
@@ -154,9 +223,20 @@ class FeatureDecoder:
         else:
             writer_json = json.loads(writer_text)
             reader = self._training.reader_schema(self._id_field, writer=writer_json)
-            entry = _WriterEntry(writer=fastavro.parse_schema(writer_json), reader=fastavro.parse_schema(reader))
+            entry = _WriterEntry(
+                writer=fastavro.parse_schema(writer_json),
+                reader=fastavro.parse_schema(reader),
+                layout=layout_of(writer_json),
+            )
         self._cache[schema_id] = entry
         return entry
+
+
+def _as_pandas(column: pl.Series, index: pd.Index) -> pd.Series:
+    """numpy-backed numbers; strings as an object column (pandas' arrow-backed ``str`` dtype makes
+    scikit-learn's encoders about twice as slow, measured on the benchmark pipeline)."""
+    dtype = object if column.dtype == pl.String else None
+    return pd.Series(column.to_numpy(), index=index, dtype=dtype, copy=False)
 
 
 def _read_body(body: bytes, entry: _WriterEntry) -> dict[str, Any] | str:
@@ -177,14 +257,42 @@ def _read_body(body: bytes, entry: _WriterEntry) -> dict[str, Any] | str:
     return record
 
 
+class ScoredColumns(Protocol):
+    """What the encoder needs of a scored batch (``scoring.ScoreResult`` has it)."""
+
+    ids: list[str]
+    labels: list[Any]
+    probabilities: np.ndarray | None
+    class_keys: list[str]
+    positive_column: int | None
+    label_probability: list[float] | None
+    model_name: str
+    model_version: str
+    scored_at: int
+    features: list[dict[str, Any]] | None
+
+    @property
+    def predictions(self) -> list[dict[str, Any]]: ...
+
+
 class PredictionEncoder:
-    """Encodes prediction records with a registered schema id, in the Confluent framing."""
+    """Encodes prediction records with a registered schema id, in the Confluent framing.
+
+    ``encode_scores`` writes the Avro binary of ``schemas/prediction.avsc`` directly from the batch's
+    columns: every record has the same layout (same classes, same model name and version), so the
+    fixed-width middle of all records is built as one numpy byte matrix and only the id and label vary.
+    That is several times faster than a fastavro call per record; tests check the bytes decode with
+    fastavro to the same records. With appended features it falls back to fastavro.
+    """
 
     def __init__(self, schema: dict[str, Any], schema_id: int) -> None:
         self._parsed = fastavro.parse_schema(schema)
         self._prefix = _HEADER.pack(MAGIC_BYTE, schema_id)
+        self._label_type = next(f["type"] for f in schema["fields"] if f["name"] == "scored_label")
+        self._label_cache: dict[Any, bytes] = {}
 
     def encode(self, records: Sequence[dict[str, Any]]) -> list[bytes]:
+        """fastavro, one record at a time: the general path."""
         encoded = []
         stream = io.BytesIO()
         for record in records:
@@ -194,6 +302,81 @@ class PredictionEncoder:
             fastavro.schemaless_writer(stream, self._parsed, record)
             encoded.append(stream.getvalue())
         return encoded
+
+    def encode_scores(self, scores: ScoredColumns) -> list[bytes]:
+        """Encode a scored batch: the fast path for the prediction contract."""
+        if scores.features is not None or self._label_type not in _LABEL_ENCODERS:
+            return self.encode(scores.predictions)
+        n = len(scores.ids)
+        tail = _avro_string(scores.model_name) + _avro_string(scores.model_version) + _avro_long(scores.scored_at)
+        middle = _probability_block(scores, n)
+        width = len(middle) // n if n else 0
+        labels = self._labels(scores.labels)
+        prefix = self._prefix
+        return [
+            b"".join((prefix, _avro_string(identifier), label, middle[i * width : (i + 1) * width], tail))
+            for i, (identifier, label) in enumerate(zip(scores.ids, labels, strict=True))
+        ]
+
+    def _labels(self, labels: list[Any]) -> list[bytes]:
+        if self._label_type in ("string", "boolean"):
+            cache = self._label_cache
+            encode = _LABEL_ENCODERS[self._label_type]
+            return [cache[v] if v in cache else cache.setdefault(v, encode(v)) for v in labels]
+        return [_LABEL_ENCODERS[self._label_type](v) for v in labels]
+
+
+def _probability_block(scores: ScoredColumns, n: int) -> bytes:
+    """The three probability fields of all records, as one bytes object of n equal-width rows."""
+    if scores.probabilities is None:
+        return b"\x00\x00\x00" * n  # three nulls (union branch 0)
+    probabilities = np.ascontiguousarray(scores.probabilities, dtype="<f8")
+    parts: list[np.ndarray] = []
+
+    def constant(data: bytes) -> None:
+        parts.append(np.broadcast_to(np.frombuffer(data, dtype=np.uint8), (n, len(data))))
+
+    def doubles(column: np.ndarray) -> None:
+        parts.append(np.ascontiguousarray(column, dtype="<f8").view(np.uint8).reshape(n, 8))
+
+    if scores.positive_column is None:
+        constant(b"\x00")
+    else:
+        constant(b"\x02")
+        doubles(probabilities[:, scores.positive_column])
+    constant(b"\x02")
+    doubles(np.asarray(scores.label_probability, dtype="<f8"))
+    constant(b"\x02" + _avro_long(len(scores.class_keys)))  # one map block holding every class
+    for column, key in enumerate(scores.class_keys):
+        constant(_avro_string(key))
+        doubles(probabilities[:, column])
+    constant(b"\x00")  # end of the map
+    return np.hstack(parts).tobytes()
+
+
+def _avro_long(value: int) -> bytes:
+    """Zig-zag varint (Avro int/long)."""
+    value = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _avro_string(value: str) -> bytes:
+    data = value.encode()
+    return _avro_long(len(data)) + data
+
+
+_DOUBLE = struct.Struct("<d")
+_LABEL_ENCODERS: dict[str, Any] = {
+    "string": lambda v: _avro_string(str(v)),
+    "long": lambda v: _avro_long(int(v)),
+    "double": lambda v: _DOUBLE.pack(float(v)),
+    "boolean": lambda v: b"\x01" if v else b"\x00",
+}
 
 
 class RecordDecoder:

@@ -16,17 +16,18 @@ May import: errors, config. Third-party: confluent_kafka.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from scorer.config import KafkaSettings, redact
-from scorer.errors import ConfigError, DeliveryError, KafkaClientError
+from scorer.errors import ConfigError, KafkaClientError
 
 __all__ = [
-    "DeliveryTracker",
+    "BatchDelivery",
+    "FailedOutput",
     "OutputRecord",
     "commit_offsets",
     "create_admin",
@@ -118,67 +119,88 @@ class OutputRecord:
     source_index: int
 
 
-@dataclass
-class DeliveryTracker:
-    """Produces a batch of outputs and reports which were not acknowledged.
+@dataclass(frozen=True, slots=True)
+class FailedOutput:
+    """An output the broker did not acknowledge, with librdkafka's verdict."""
 
-    librdkafka retries internally until ``delivery.timeout.ms``; a failure reported here is final for
-    that record. ``produce`` itself can refuse a record at once (too large, unknown topic): that is
-    reported the same way, so the pipeline has one place to decide between dead letter and stop.
+    record: OutputRecord
+    code: int
+    reason: str
+    fatal: bool
+
+
+class BatchDelivery:
+    """The outputs of one input batch while they are in flight.
+
+    One bound callback serves every record of the batch (a closure per record costs more than the
+    produce call). librdkafka retries internally until ``delivery.timeout.ms``; a failure reported here
+    is final for that attempt. ``produce`` can also refuse a record at once (too large, unknown topic):
+    that is reported the same way, so the pipeline has one place to decide between dead letter, retry
+    and stop. Failed records are found again by their ``scorer.source.*`` headers.
     """
 
-    producer: Producer
-    failures: list[tuple[OutputRecord, int, str, bool]] = field(default_factory=list)
-    pending: int = 0
+    def __init__(self, outputs: Sequence[OutputRecord]) -> None:
+        self.outputs = list(outputs)
+        self.pending = 0
+        self.failures: list[FailedOutput] = []
+        self._by_source: dict[tuple[str, bytes, bytes], OutputRecord] | None = None
 
-    def produce(self, records: Sequence[OutputRecord], poll_every: int = 1000) -> None:
+    def produce(self, producer: Producer, records: Sequence[OutputRecord]) -> None:
+        callback = self.on_delivery
+        produce = producer.produce
         for n, record in enumerate(records, start=1):
-            self._produce_one(record)
-            if n % poll_every == 0:
-                self.producer.poll(0)
+            while True:
+                try:
+                    produce(record.topic, record.value, record.key, headers=record.headers, on_delivery=callback)
+                    self.pending += 1
+                    break
+                except BufferError:
+                    producer.poll(0.05)  # local queue full: let deliveries drain, then retry this record
+                except KafkaException as exc:
+                    error = exc.args[0]
+                    self.failures.append(FailedOutput(record, error.code(), _describe_error(error), error.fatal()))
+                    break
+            if n % 1000 == 0:
+                producer.poll(0)
 
-    def _produce_one(self, record: OutputRecord) -> None:
-        def on_delivery(error: KafkaError | None, _message: Message) -> None:
-            self.pending -= 1
-            if error is not None:
-                self.failures.append((record, error.code(), f"{error.name()}: {error.str()}", error.fatal()))
+    def on_delivery(self, error: KafkaError | None, message: Message) -> None:
+        self.pending -= 1
+        if error is not None:
+            self.failures.append(
+                FailedOutput(self._record_of(message), error.code(), _describe_error(error), error.fatal())
+            )
 
-        while True:
-            try:
-                self.producer.produce(
-                    record.topic, value=record.value, key=record.key, headers=record.headers, on_delivery=on_delivery
-                )
-                self.pending += 1
-                return
-            except BufferError:
-                self.producer.poll(0.1)  # local queue full: let deliveries drain, then retry this record
-            except KafkaException as exc:
-                error = exc.args[0]
-                self.failures.append((record, error.code(), f"{error.name()}: {error.str()}", error.fatal()))
-                return
-
-    def wait(self, timeout_s: float) -> None:
-        """Wait until every produced record is acknowledged or failed.
-
-        Raises:
-            DeliveryError: records still unacknowledged after ``timeout_s`` (the broker is unreachable).
-        """
-        remaining = self.producer.flush(timeout_s)
-        if remaining:
-            raise DeliveryError(f"{remaining} output records not acknowledged within {timeout_s:.0f} s", retriable=True)
-
-    def take_failures(self) -> list[tuple[OutputRecord, int, str, bool]]:
+    def take_failures(self) -> list[FailedOutput]:
         failures, self.failures = self.failures, []
         return failures
 
+    def _record_of(self, message: Message) -> OutputRecord:
+        if self._by_source is None:
+            self._by_source = {_source_key(r.topic, r.headers): r for r in self.outputs}
+        return self._by_source[_source_key(str(message.topic()), message.headers() or [])]
 
-def commit_offsets(consumer: Consumer, offsets: dict[tuple[str, int], int]) -> None:
-    """Synchronously commit ``offsets`` (next offset to read per topic-partition)."""
+    def add(self, records: Sequence[OutputRecord]) -> None:
+        """Outputs added after the first produce (dead letters for refused predictions)."""
+        self.outputs += records
+        self._by_source = None
+
+
+def _source_key(topic: str, headers: Sequence[tuple[str, bytes | None]]) -> tuple[str, bytes, bytes]:
+    found = dict(headers)
+    return topic, found.get("scorer.source.partition") or b"", found.get("scorer.source.offset") or b""
+
+
+def _describe_error(error: KafkaError) -> str:
+    return f"{error.name()}: {error.str()}"
+
+
+def commit_offsets(consumer: Consumer, offsets: dict[tuple[str, int], int], asynchronous: bool = False) -> None:
+    """Commit ``offsets`` (next offset to read per topic-partition); synchronously unless told otherwise."""
     if not offsets:
         return
     partitions = [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
     try:
-        consumer.commit(offsets=partitions, asynchronous=False)
+        consumer.commit(offsets=partitions, asynchronous=asynchronous)
     except KafkaException as exc:
         error = exc.args[0]
         raise KafkaClientError(

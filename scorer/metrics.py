@@ -9,19 +9,70 @@ May import: errors. Third-party: prometheus_client.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeHistogramMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
-__all__ = ["SCORE_BOUNDS", "EvaluationCollector", "EvaluationView", "ScorerMetrics", "WindowView", "serve_metrics"]
+__all__ = [
+    "SCORE_BOUNDS",
+    "BatchHistogram",
+    "EvaluationCollector",
+    "EvaluationView",
+    "ScorerMetrics",
+    "WindowView",
+    "serve_metrics",
+]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+
+class BatchHistogram(Collector):
+    """A histogram observed a whole batch at a time.
+
+    prometheus_client's ``Histogram.observe`` takes one value per call (about a microsecond each, with a
+    lock); per-record latencies of a 1,000-record batch would cost a millisecond. This keeps the bucket
+    counts in numpy and exports the usual ``_bucket``/``_sum``/``_count`` series at scrape time.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...], registry: CollectorRegistry) -> None:
+        self._name, self._documentation = name, documentation
+        self._bounds = np.asarray(buckets, dtype=np.float64)
+        self._counts = np.zeros(len(buckets) + 1, dtype=np.int64)  # the last one is +Inf
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, values: np.ndarray) -> None:
+        if not len(values):
+            return
+        slots = np.searchsorted(self._bounds, values, side="left")  # le: value <= bound
+        counts = np.bincount(slots, minlength=len(self._counts))
+        with self._lock:
+            self._counts += counts
+            self._sum += float(values.sum())
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            cumulative = np.cumsum(self._counts).tolist()
+            total = self._sum
+        family = HistogramMetricFamily(self._name, self._documentation)
+        bounds = [*(repr(float(b)) for b in self._bounds), "+Inf"]
+        family.add_metric([], list(zip(bounds, cumulative, strict=True)), sum_value=total)
+        yield family
 
 
 class ScorerMetrics:
@@ -47,11 +98,11 @@ class ScorerMetrics:
             buckets=_STAGE_BUCKETS,
             registry=registry,
         )
-        self.end_to_end = Histogram(
+        self.end_to_end = BatchHistogram(
             "scorer_end_to_end_latency_seconds",
             "Output acknowledged minus input record timestamp.",
-            buckets=_LATENCY_BUCKETS,
-            registry=registry,
+            _LATENCY_BUCKETS,
+            registry,
         )
         self.lag = Gauge(
             "scorer_consumer_lag_records",

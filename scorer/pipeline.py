@@ -3,12 +3,14 @@
 One loop, one thread::
 
     poll until the batch is due -> decode (codec) -> validate + score (scoring) -> encode
-        -> produce predictions and dead letters -> wait for acknowledgements -> commit input offsets
+        -> produce predictions and dead letters -> (next batch) ... -> acknowledged? commit input offsets
 
 Delivery contract (at-least-once): an input offset is committed only when every output derived from the
-records before it (prediction or dead letter) has been acknowledged. A crash between produce and commit
-replays the batch (duplicates, never loss). Per-key order holds because outputs are produced in input
-order by an idempotent producer.
+records before it (prediction or dead letter) has been acknowledged. Up to ``MAX_IN_FLIGHT`` batches may
+wait for acknowledgements while the next ones are scored, so broker round trips overlap with compute;
+they are committed strictly in order. A crash between produce and commit replays those batches
+(duplicates, never loss). Per-key order holds because outputs are produced in input order by an
+idempotent producer.
 
 Rebalance: when partitions are revoked mid-batch, the batch collected so far is finished and committed
 before the partitions go. SIGTERM/SIGINT: stop polling, finish the batch, commit, leave the group.
@@ -20,10 +22,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from prometheus_client import REGISTRY, CollectorRegistry
 
@@ -34,7 +39,8 @@ from scorer.config import RunSettings
 from scorer.deadletter import dead_letter_headers
 from scorer.errors import ConfigError, DeliveryError, RegistryError, RejectReason, SchemaError
 from scorer.kafka import (
-    DeliveryTracker,
+    BatchDelivery,
+    FailedOutput,
     OutputRecord,
     commit_offsets,
     create_admin,
@@ -59,6 +65,23 @@ PERMANENT_PRODUCE_ERRORS = frozenset(
 outages are not here: those outputs are produced again, never dead-lettered."""
 
 PROGRESS_EVERY_S = 10.0
+IN_FLIGHT_POLL_S = 0.005
+MAX_IN_FLIGHT = 4
+"""Batches produced but not yet acknowledged before the loop waits: bounds memory and replay after a crash."""
+
+
+@dataclass
+class _InFlight:
+    """A batch whose outputs are produced; its offsets are committed once they are all acknowledged."""
+
+    delivery: BatchDelivery
+    offsets: dict[tuple[str, int], int]
+    messages: list[Message]
+    refs: list[SourceRef]
+    rejections: list[Rejection]
+    predicted: int
+    refused: int = 0
+    attempt: int = 0
 
 
 class ScoringPipeline:
@@ -76,6 +99,7 @@ class ScoringPipeline:
         self._clock = clock
         self._stopping = False
         self._collected: list[Message] = []
+        self._inflight: deque[_InFlight] = deque()
         self._counts = {"consumed": 0, "scored": 0, "rejected": 0}
         self.bundle: ModelBundle | None = None
         self._metrics_server: Any = None
@@ -110,7 +134,6 @@ class ScoringPipeline:
             admin, [s.output_topic, s.dead_letter_topic], s.create_topics, s.topic_partitions, "--output-topic"
         )
         self.producer = create_producer(s)
-        self.tracker = DeliveryTracker(self.producer)
         self.consumer = create_consumer(s, s.group_id, stats_cb=self.metrics.on_stats, error_cb=self._on_client_error)
         self.consumer.subscribe(
             [s.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
@@ -167,6 +190,8 @@ class ScoringPipeline:
             if window.is_due(len(self._collected)):
                 self._process_collected()
                 window.reset()
+            elif self._inflight:
+                self._settle(until=MAX_IN_FLIGHT)
             if self._clock() - last_progress >= PROGRESS_EVERY_S:
                 last_progress = self._clock()
                 log.info("progress: %s", ", ".join(f"{k} {v}" for k, v in self._counts.items()))
@@ -174,7 +199,10 @@ class ScoringPipeline:
 
     def _collect(self, window: BatchWindow) -> None:
         wanted = window.max_records - len(self._collected)
-        messages = self.consumer.consume(num_messages=wanted, timeout=window.poll_timeout(len(self._collected)))
+        timeout = window.poll_timeout(len(self._collected))
+        if self._inflight:  # acknowledgements are due: come back soon to commit them
+            timeout = min(timeout, IN_FLIGHT_POLL_S)
+        messages = self.consumer.consume(num_messages=wanted, timeout=timeout)
         for message in messages:
             error = message.error()
             if error is None:
@@ -188,8 +216,8 @@ class ScoringPipeline:
     def _drain(self) -> None:
         deadline = self._clock() + self.settings.drain_timeout_s
         try:
-            if self._collected:
-                self._process_collected(deadline=deadline)
+            self._process_collected()
+            self._settle(until=0, deadline=deadline)
         finally:
             self.metrics.ready.set(0)
             self.consumer.close()  # leaves the group at once so partitions move without a session timeout
@@ -200,23 +228,26 @@ class ScoringPipeline:
             log.info("stopped: %s", ", ".join(f"{k} {v}" for k, v in self._counts.items()))
 
     # ----------------------------------------------------------------- one batch
-    def _process_collected(self, deadline: float | None = None) -> None:
+    def _process_collected(self) -> None:
         messages, self._collected = self._collected, []
         if messages:
-            self._process(messages, deadline)
+            self._process(messages)
 
-    def _process(self, messages: list[Message], deadline: float | None = None) -> None:
+    def _process(self, messages: list[Message]) -> None:
+        """Decode, score, encode and produce one batch; its commit waits for its acknowledgements.
+
+        The batch joins the in-flight queue and the loop goes on polling and scoring the next batch while
+        the broker acknowledges this one (I/O and compute overlap); ``_settle`` commits batches in order
+        once all their outputs are acknowledged.
+        """
         m, started = self.metrics, time.perf_counter()
         refs = [SourceRef(msg.topic(), msg.partition(), msg.offset()) for msg in messages]
         values = [msg.value() for msg in messages]
-        for topic in {ref.topic for ref in refs}:
-            m.consumed.labels(topic=topic).inc(sum(1 for ref in refs if ref.topic == topic))
-
         decoded = self._with_registry(lambda: self.decoder.decode(values))
         t_decoded = time.perf_counter()
-        result = self.scorer.score(decoded.records, decoded.indices)
+        result = self.scorer.score(decoded.frame)
         t_scored = time.perf_counter()
-        encoded = self.encoder.encode(result.predictions)
+        encoded = self.encoder.encode_scores(result)
         t_encoded = time.perf_counter()
 
         outputs = [
@@ -226,34 +257,111 @@ class ScoringPipeline:
         rejections = decoded.rejections + result.rejections
         outputs += [self._dead_letter(messages[r.index], refs[r.index], r) for r in rejections]
         outputs.sort(key=lambda record: record.source_index)
-        rejections += self._deliver(outputs, messages, refs, deadline)
-        t_delivered = time.perf_counter()
+        batch = _InFlight(BatchDelivery(outputs), next_offsets(refs), messages, refs, rejections, len(result))
+        batch.delivery.produce(self.producer, outputs)
+        self._inflight.append(batch)
+        t_produced = time.perf_counter()
 
-        commit_offsets(self.consumer, next_offsets(refs))
-        t_committed = time.perf_counter()
-
-        scored = len(result.indices) - sum(1 for r in rejections if r.reason is RejectReason.OUTPUT_REJECTED)
-        for reason in rejections:
-            m.rejected.labels(reason=reason.reason.value).inc()
-        m.scored.inc(scored)
-        m.batches.inc()
-        m.batch_size.observe(len(messages))
         for stage, seconds in (
             ("decode", t_decoded - started),
             ("score", t_scored - t_decoded),
             ("encode", t_encoded - t_scored),
-            ("produce", t_delivered - t_encoded),
-            ("commit", t_committed - t_delivered),
+            ("produce", t_produced - t_encoded),
         ):
             m.stage_seconds.labels(stage=stage).observe(seconds)
-        now_ms = time.time() * 1000
-        for msg in messages:
-            kind, timestamp = msg.timestamp()
-            if kind and timestamp > 0:
-                m.end_to_end.observe(max(0.0, (now_ms - timestamp) / 1000))
-        self._counts["consumed"] += len(messages)
+        m.batch_size.observe(len(messages))
+        self._settle(until=MAX_IN_FLIGHT)
+
+    def _settle(self, until: int, deadline: float | None = None) -> None:
+        """Serve delivery reports, handle failures, and commit every leading batch that is fully delivered.
+
+        Blocks until at most ``until`` batches are still in flight (0: all of them, with a synchronous
+        commit, as on a rebalance or shutdown).
+        """
+        self.producer.poll(0)
+        offsets: dict[tuple[str, int], int] = {}
+        while self._inflight:
+            head = self._inflight[0]
+            if head.delivery.pending:
+                if len(self._inflight) <= until:
+                    break
+                self._wait_for(head, deadline)
+                continue
+            failures = head.delivery.take_failures()
+            if failures:
+                self._retry(head, failures)
+                continue
+            self._inflight.popleft()
+            offsets.update(head.offsets)
+            self._account(head)
+        if offsets:
+            started = time.perf_counter()
+            commit_offsets(self.consumer, offsets, asynchronous=until > 0)
+            self.metrics.stage_seconds.labels(stage="commit").observe(time.perf_counter() - started)
+
+    def _wait_for(self, batch: _InFlight, deadline: float | None) -> None:
+        """Poll until the batch's outputs are all acknowledged or failed; a broker outage just waits."""
+        waited_since = self._clock()
+        while batch.delivery.pending:
+            self.producer.poll(0.1)
+            if deadline is not None and self._clock() >= deadline:
+                raise DeliveryError(f"{batch.delivery.pending} outputs not acknowledged before the drain deadline")
+            if self._clock() - waited_since >= 10.0:
+                self.metrics.ready.set(0)
+                log.warning("waiting for %d output acknowledgements (broker unreachable?)", batch.delivery.pending)
+                waited_since = self._clock()
+        self.metrics.ready.set(1)
+
+    def _retry(self, batch: _InFlight, failures: list[FailedOutput]) -> None:
+        """Refused predictions become dead letters; transient failures are produced again.
+
+        Raises ``DeliveryError`` when a dead letter itself is refused for good: then nothing of this
+        batch is committed and a restart replays it.
+        """
+        again: list[OutputRecord] = []
+        for failure in failures:
+            record = failure.record
+            if failure.fatal:
+                self._recreate_producer(failure.reason)
+            permanent = failure.code in PERMANENT_PRODUCE_ERRORS
+            if record.topic == self.settings.output_topic and permanent:
+                index = record.source_index
+                rejection = Rejection(
+                    index, RejectReason.OUTPUT_REJECTED, f"the prediction was refused: {failure.reason}"
+                )
+                batch.rejections.append(rejection)
+                batch.refused += 1
+                letter = self._dead_letter(batch.messages[index], batch.refs[index], rejection)
+                batch.delivery.add([letter])
+                again.append(letter)
+            elif record.topic == self.settings.dead_letter_topic and permanent:
+                raise DeliveryError(f"a dead letter was refused by the broker: {failure.reason}")
+            else:
+                again.append(record)
+        batch.attempt += 1
+        self.metrics.delivery_retries.inc()
+        log.warning("%d outputs not delivered (attempt %d); producing them again", len(again), batch.attempt)
+        if batch.attempt > 1:
+            time.sleep(min(5.0, 0.2 * 2**batch.attempt))
+        batch.delivery.produce(self.producer, again)
+
+    def _account(self, batch: _InFlight) -> None:
+        """Metrics and counts of a batch whose outputs are all acknowledged."""
+        m = self.metrics
+        scored = batch.predicted - batch.refused
+        for rejection in batch.rejections:
+            m.rejected.labels(reason=rejection.reason.value).inc()
+        m.scored.inc(scored)
+        m.batches.inc()
+        m.consumed.labels(topic=self.settings.input_topic).inc(len(batch.messages))
+        timestamps = np.fromiter(
+            (msg.timestamp()[1] for msg in batch.messages), dtype=np.float64, count=len(batch.messages)
+        )
+        timestamps = timestamps[timestamps > 0]
+        m.end_to_end.observe_many(np.maximum(0.0, time.time() - timestamps / 1000.0))
+        self._counts["consumed"] += len(batch.messages)
         self._counts["scored"] += scored
-        self._counts["rejected"] += len(rejections)
+        self._counts["rejected"] += len(batch.rejections)
 
     def _prediction_output(self, index: int, message: Message, ref: SourceRef, value: bytes) -> OutputRecord:
         headers = [
@@ -269,64 +377,17 @@ class ScoringPipeline:
             self.settings.dead_letter_topic, message.value() or b"", message.key(), headers, rejection.index
         )
 
-    def _deliver(
-        self, outputs: list[OutputRecord], messages: list[Message], refs: list[SourceRef], deadline: float | None
-    ) -> list[Rejection]:
-        """Produce and wait; permanent failures become dead letters, transient ones are produced again.
-
-        Returns the extra rejections (outputs the broker refused for good). Raises ``DeliveryError`` when a
-        dead letter itself cannot be delivered: then nothing is committed and a restart replays the batch.
-        """
-        extra: list[Rejection] = []
-        pending = outputs
-        attempt = 0
-        while pending:
-            self.tracker.produce(pending)
-            self._wait_for_deliveries(deadline)
-            failures = self.tracker.take_failures()
-            pending = []
-            for record, code, reason, fatal in failures:
-                if fatal:
-                    self._recreate_producer(reason)
-                permanent = code in PERMANENT_PRODUCE_ERRORS
-                if record.topic == self.settings.output_topic and permanent:
-                    rejection = Rejection(
-                        record.source_index, RejectReason.OUTPUT_REJECTED, f"the prediction was refused: {reason}"
-                    )
-                    extra.append(rejection)
-                    pending.append(
-                        self._dead_letter(messages[record.source_index], refs[record.source_index], rejection)
-                    )
-                elif record.topic == self.settings.dead_letter_topic and permanent:
-                    raise DeliveryError(f"a dead letter was refused by the broker: {reason}")
-                else:
-                    pending.append(record)
-            if pending:
-                attempt += 1
-                self.metrics.delivery_retries.inc()
-                log.warning("%d outputs not delivered (attempt %d); producing them again", len(pending), attempt)
-                time.sleep(min(5.0, 0.2 * 2**attempt))
-        return extra
-
-    def _wait_for_deliveries(self, deadline: float | None) -> None:
-        while True:
-            budget = 10.0 if deadline is None else max(0.0, deadline - self._clock())
-            try:
-                self.tracker.wait(budget)
-                self.metrics.ready.set(1)
-                return
-            except DeliveryError:
-                self.metrics.ready.set(0)
-                if deadline is not None and self._clock() >= deadline:
-                    raise
-                log.warning("waiting for %d output acknowledgements (broker unreachable?)", len(self.producer))
-
     def _recreate_producer(self, reason: str) -> None:
-        """A fatal producer error (e.g. the broker forgot the idempotent producer id): start a new one."""
+        """A fatal producer error (e.g. the broker forgot the idempotent producer id): start a new one.
+
+        The old producer's queued records are purged; their delivery reports come back as failures of
+        their batches, which then produce them again on the new producer.
+        """
         log.warning("producer failed fatally (%s): creating a new producer", reason)
-        self.producer.flush(0)
+        old = self.producer
         self.producer = create_producer(self.settings)
-        self.tracker = DeliveryTracker(self.producer)
+        old.purge()
+        old.flush(0)
 
     # ----------------------------------------------------------------- callbacks
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -336,6 +397,7 @@ class ScoringPipeline:
         """Finish and commit what was collected before the partitions move to another replica."""
         log.info("revoked %s: finishing %d collected records", _describe(partitions), len(self._collected))
         self._process_collected()
+        self._settle(until=0)
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions lost without a clean revoke cannot be committed: drop their records (a new owner replays)."""

@@ -32,11 +32,56 @@ UnknownCategoryPolicy = Literal["reject", "score"]
 
 @dataclass
 class ScoreResult:
-    """Prediction records for the accepted rows (``indices`` says which) and rejections for the others."""
+    """What a batch scored to, as columns (one entry per accepted row), plus the rejections.
 
-    predictions: list[dict[str, Any]] = field(default_factory=list)
+    Columns rather than records: the encoder packs them directly, and ``predictions`` builds the
+    documented prediction records (``schemas/prediction.avsc``) for callers that want dicts.
+    """
+
     indices: list[int] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    labels: list[Any] = field(default_factory=list)
+    probabilities: np.ndarray | None = None
+    class_keys: list[str] = field(default_factory=list)
+    positive_column: int | None = None
+    label_probability: list[float] | None = None
+    model_name: str = ""
+    model_version: str = ""
+    scored_at: int = 0
+    features: list[dict[str, Any]] | None = None
     rejections: list[Rejection] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def predictions(self) -> list[dict[str, Any]]:
+        """The prediction records, one per accepted row, in ``indices`` order."""
+        n = len(self.indices)
+        positive: list[float | None] = [None] * n
+        label_probability: list[float | None] = list(self.label_probability) if self.label_probability else [None] * n
+        maps: list[dict[str, float] | None] = [None] * n
+        if self.probabilities is not None:
+            maps = [dict(zip(self.class_keys, row, strict=True)) for row in self.probabilities.tolist()]
+            if self.positive_column is not None:
+                positive = self.probabilities[:, self.positive_column].tolist()
+        records = [
+            {
+                "id": self.ids[i],
+                "scored_label": self.labels[i],
+                "scored_probability": positive[i],
+                "scored_label_probability": label_probability[i],
+                "scored_probabilities": maps[i],
+                "model_name": self.model_name,
+                "model_version": self.model_version,
+                "scored_at": self.scored_at,
+            }
+            for i in range(n)
+        ]
+        if self.features is not None:
+            for record, features in zip(records, self.features, strict=True):
+                record["features"] = features
+        return records
 
 
 class Scorer:
@@ -65,65 +110,91 @@ class Scorer:
         self._include_features = include_features
         self._clock = clock
         self._columns = bundle.schema.feature_names
+        features = bundle.schema.features
+        self._finite_columns = [f.name for f in features if f.type == "double" and not f.nullable]
+        self._categories = (
+            {f.name: list(f.categories) for f in features if f.categories is not None}
+            if unknown_categories == "reject"
+            else {}
+        )
         self._classes = np.asarray(bundle.classes) if bundle.classes is not None else None
         self._class_keys = [str(c) for c in bundle.classes] if bundle.classes is not None else []
         self._positive_column = (
             self._class_keys.index(str(bundle.positive_class)) if bundle.positive_class is not None else None
         )
 
-    def score(self, rows: Sequence[dict[str, Any]], indices: Sequence[int] | None = None) -> ScoreResult:
-        """Validate, score and describe ``rows``. ``indices`` are their batch positions (default 0..n-1)."""
-        positions = np.asarray(indices if indices is not None else range(len(rows)), dtype=np.int64)
-        result = ScoreResult()
-        if not rows:
+    def score(self, rows: pd.DataFrame | Sequence[dict[str, Any]], indices: Sequence[int] | None = None) -> ScoreResult:
+        """Validate, score and describe a batch.
+
+        Args:
+            rows: a frame with the feature columns and the id column, indexed by batch position (what
+                ``codec.FeatureDecoder`` returns), or records as dicts.
+            indices: batch positions of dict records (default 0..n-1).
+        """
+        frame = rows if isinstance(rows, pd.DataFrame) else self._frame(rows, indices)
+        result = ScoreResult(
+            class_keys=self._class_keys,
+            positive_column=self._positive_column,
+            model_name=self.bundle.name,
+            model_version=self.bundle.version,
+        )
+        if not len(frame):
             return result
-        # dict.fromkeys: the id may itself be a feature, and a duplicate column would break the checks
-        frame = pd.DataFrame.from_records(rows, columns=list(dict.fromkeys([*self._columns, self._id_field])))
+        positions = frame.index.to_numpy(dtype=np.int64)
         ok = self._validate(frame, positions, result.rejections)
-        frame, positions = frame[ok], positions[ok]
+        if not ok.all():
+            frame, positions = frame[ok], positions[ok]
         labels, probabilities, failed = self._predict_isolating(frame[self._columns])
         for row in np.flatnonzero(failed):
             result.rejections.append(
                 Rejection(int(positions[row]), RejectReason.MODEL_ERROR, failed_reason(failed[row]))
             )
         keep = failed == None  # noqa: E711 - elementwise on an object array
-        frame, positions = frame[keep], positions[keep]
-        labels = labels[keep]
-        probabilities = probabilities[keep] if probabilities is not None else None
-        result.predictions = self._records(frame, labels, probabilities, rows)
+        if not keep.all():
+            frame, positions, labels = frame[keep], positions[keep], labels[keep]
+            probabilities = probabilities[keep] if probabilities is not None else None
+        self._fill(result, frame, labels, probabilities)
         result.indices = positions.tolist()
         result.rejections.sort(key=lambda r: r.index)
         return result
 
+    def _frame(self, rows: Sequence[dict[str, Any]], indices: Sequence[int] | None) -> pd.DataFrame:
+        """Records as dicts to the frame the decoder would give (ids as strings, positions as index)."""
+        positions = pd.Index(indices if indices is not None else range(len(rows)), dtype=np.int64)
+        # dict.fromkeys: the id may itself be a feature, and a duplicate column would break the checks
+        columns = list(dict.fromkeys([*self._columns, self._id_field]))
+        frame = pd.DataFrame.from_records(list(rows), columns=columns, index=positions)
+        ids = [row.get(self._id_field) for row in rows]
+        frame[self._id_field] = pd.Series([None if v is None else str(v) for v in ids], index=positions, dtype=object)
+        return frame
+
     def _validate(self, frame: pd.DataFrame, positions: np.ndarray, rejections: list[Rejection]) -> np.ndarray:
-        """Column-wise checks Avro cannot express; returns the mask of rows that pass."""
-        ok = np.ones(len(frame), dtype=bool)
+        """Checks Avro cannot express, a few vectorised passes per batch; returns the mask of rows that pass.
 
-        def reject(mask: np.ndarray, reason: RejectReason, detail: str) -> None:
-            for row in np.flatnonzero(mask & ok):
-                rejections.append(Rejection(int(positions[row]), reason, detail))
-            ok[mask] = False
-
-        reject(
-            frame[self._id_field].isna().to_numpy(), RejectReason.MISSING_ID, f"the record has no {self._id_field!r}"
-        )
-        for feature in self.bundle.schema.features:
-            column = frame[feature.name]
-            if feature.type == "double" and not feature.nullable:
-                values = column.to_numpy(dtype=np.float64, na_value=np.nan)
-                reject(~np.isfinite(values), RejectReason.INVALID_VALUE, f"{feature.name} is NaN or infinite")
-            if feature.categories is not None and self._unknown == "reject":
-                unknown = ~column.isin(feature.categories).to_numpy() & column.notna().to_numpy()
-                if unknown.any():
-                    for row in np.flatnonzero(unknown & ok):
-                        rejections.append(
-                            Rejection(
-                                int(positions[row]),
-                                RejectReason.UNKNOWN_CATEGORY,
-                                f"{feature.name}={column.iloc[row]!r} was not seen in training",
-                            )
-                        )
-                    ok[unknown] = False
+        Each rejected row gets the first reason found, in the order: missing id, NaN or infinity, unknown
+        category.
+        """
+        ok = frame[self._id_field].notna().to_numpy().copy()
+        for row in np.flatnonzero(~ok):
+            rejections.append(
+                Rejection(int(positions[row]), RejectReason.MISSING_ID, f"the record has no {self._id_field!r}")
+            )
+        if self._finite_columns:
+            values = frame[self._finite_columns].to_numpy(dtype=np.float64, na_value=np.nan)
+            bad = ~np.isfinite(values)
+            for row in np.flatnonzero(bad.any(axis=1) & ok):
+                name = self._finite_columns[int(np.argmax(bad[row]))]
+                rejections.append(
+                    Rejection(int(positions[row]), RejectReason.INVALID_VALUE, f"{name} is NaN or infinite")
+                )
+                ok[row] = False
+        for name, known in self._categories.items():
+            column = frame[name]
+            unknown = ~column.isin(known).to_numpy() & column.notna().to_numpy() & ok
+            for row in np.flatnonzero(unknown):
+                detail = f"{name}={column.iloc[row]!r} was not seen in training"
+                rejections.append(Rejection(int(positions[row]), RejectReason.UNKNOWN_CATEGORY, detail))
+            ok &= ~unknown
         return ok
 
     def _predict_isolating(self, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
@@ -163,52 +234,43 @@ class Scorer:
             return labels, _decision_to_probabilities(np.asarray(estimator.decision_function(features)))
         return labels, None
 
-    def _records(
-        self,
-        frame: pd.DataFrame,
-        labels: np.ndarray,
-        probabilities: np.ndarray | None,
-        source_rows: Sequence[dict[str, Any]],
-    ) -> list[dict[str, Any]]:
-        n = len(frame)
-        scored_at = int(self._clock() * 1000)
-        # from the rows: in the frame, one missing id turns the long ids of the batch into floats ("7.0")
-        ids = [str(source_rows[row].get(self._id_field)) for row in frame.index]
+    def _fill(
+        self, result: ScoreResult, frame: pd.DataFrame, labels: np.ndarray, probabilities: np.ndarray | None
+    ) -> None:
+        """Put the batch's outputs into ``result`` as columns of plain Python values."""
+        result.scored_at = int(self._clock() * 1000)
+        result.ids = frame[self._id_field].tolist()
         plain_labels = labels.tolist()
         if self.bundle.task == "regression":
             plain_labels = [float(v) for v in plain_labels]
-        label_probability: list[float | None] = [None] * n
-        positive: list[float | None] = [None] * n
-        maps: list[dict[str, float] | None] = [None] * n
+        result.labels = plain_labels
+        result.probabilities = probabilities
         if probabilities is not None:
-            rows = probabilities.tolist()
-            maps = [dict(zip(self._class_keys, row, strict=True)) for row in rows]
-            label_probability = probabilities.max(axis=1).tolist() if self.bundle.label_from_proba else None
-            if label_probability is None:
+            if self.bundle.label_from_proba:
+                result.label_probability = probabilities.max(axis=1).tolist()
+            else:
                 lookup = {key: i for i, key in enumerate(self._class_keys)}
-                label_probability = [row[lookup[str(label)]] for row, label in zip(rows, plain_labels, strict=True)]
-            if self._positive_column is not None:
-                positive = probabilities[:, self._positive_column].tolist()
-        name, version = self.bundle.name, self.bundle.version
-        records = [
-            {
-                "id": ids[i],
-                "scored_label": plain_labels[i],
-                "scored_probability": positive[i],
-                "scored_label_probability": label_probability[i],
-                "scored_probabilities": maps[i],
-                "model_name": name,
-                "model_version": version,
-                "scored_at": scored_at,
-            }
-            for i in range(n)
-        ]
+                columns = np.fromiter(
+                    (lookup[str(label)] for label in plain_labels), dtype=np.int64, count=len(plain_labels)
+                )
+                result.label_probability = probabilities[np.arange(len(columns)), columns].tolist()
         if self._include_features:
-            # from the rows as decoded (the frame keeps their positions as its index), not from the frame:
-            # pandas turns a null long into NaN (and 3 into 3.0), which the Avro ["null", "long"] cannot carry
-            for record, row in zip(records, frame.index, strict=True):
-                record["features"] = {name: source_rows[row].get(name) for name in self._columns}
-        return records
+            result.features = self._feature_records(frame)
+
+    def _feature_records(self, frame: pd.DataFrame) -> list[dict[str, Any]]:
+        """The input features as Avro-ready values: pandas' NaN for a null long becomes None, 3.0 becomes 3."""
+        columns: dict[str, list[Any]] = {}
+        for feature in self.bundle.schema.features:
+            convert = _PYTHON_TYPES[feature.type]
+            columns[feature.name] = [None if _is_null(v) else convert(v) for v in frame[feature.name].tolist()]
+        return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value) or value is pd.NA
+
+
+_PYTHON_TYPES: dict[str, Any] = {"double": float, "long": int, "boolean": bool, "string": str}
 
 
 def failed_reason(reason: Any) -> str:
