@@ -2,15 +2,27 @@
 
 A bundle is a directory::
 
-    model.joblib    the estimator (a pickle: load only bundles from a trusted source)
+    model.joblib    the estimator as a pickle (format "joblib", the default), or
+    model.skops     the estimator in skops' format (format "skops")
     bundle.json     name, version, task, classes, positive class, training schema, label type,
-                    scikit-learn and joblib versions, SHA-256 of model.joblib, creation time
+                    model format and file, scikit-learn and joblib (and skops) versions, SHA-256 of the
+                    model file, creation time; for skops, the types the author vouches for
+                    (``trusted_types``)
 
-``load_bundle`` checks the hash *before* unpickling, turns scikit-learn's ``InconsistentVersionWarning``
+Two formats because they trust differently. A pickle runs whatever code it names while it is loaded, so a
+joblib bundle is only as safe as its source: the hash proves the file is the one its ``bundle.json``
+describes, nothing more. A skops file is a zip of JSON and arrays that names the types to rebuild, and
+``skops.io.get_untrusted_types`` lists those outside skops' defaults *without importing or constructing
+anything*; so ``load_bundle`` refuses a skops model that needs a type vouched for neither by the bundle's
+author (recorded at build time) nor by the operator (``trusted_types=``), before any of its code runs.
+
+``load_bundle`` checks the hash *before* loading, turns scikit-learn's ``InconsistentVersionWarning``
 into a refusal, and checks the estimator's ``feature_names_in_`` against the schema, so a mismatch is a
-clear start-up error rather than wrong scores.
+clear start-up error rather than wrong scores. Bundles written before the skops format have no
+``model_format`` and are joblib.
 
-May import: errors, schema. Third-party: joblib, scikit-learn, numpy, pandas.
+May import: errors, schema. Third-party: joblib, scikit-learn, numpy, pandas, skops (lazily: importing
+``skops.io`` takes about a second, which joblib bundles should not pay).
 """
 
 from __future__ import annotations
@@ -19,8 +31,11 @@ import datetime as dt
 import hashlib
 import json
 import warnings
+import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal
 
 import joblib
@@ -35,14 +50,18 @@ from scorer.schema import Task, TrainingSchema
 
 __all__ = ["ModelBundle", "build_bundle", "load_bundle", "read_table"]
 
-MODEL_FILE = "model.joblib"
 META_FILE = "bundle.json"
+ModelFormat = Literal["joblib", "skops"]
+MODEL_FILES: dict[ModelFormat, str] = {"joblib": "model.joblib", "skops": "model.skops"}
 ProbabilitySource = Literal["predict_proba", "decision_function", "none"]
 
 
 @dataclass(frozen=True)
 class ModelBundle:
-    """A loaded, verified model with its contract. ``estimator`` is ``None`` until loaded."""
+    """A loaded, verified model with its contract. ``estimator`` is ``None`` until loaded.
+
+    ``trusted_types`` and ``skops_version`` are only set for the skops format, once saved or loaded.
+    """
 
     name: str
     version: str
@@ -57,9 +76,12 @@ class ModelBundle:
     model_sha256: str
     created_at: str
     estimator: Any = None
+    model_format: ModelFormat = "joblib"
+    trusted_types: tuple[str, ...] = ()
+    skops_version: str | None = None
 
     def metadata(self) -> dict[str, Any]:
-        return {
+        meta: dict[str, Any] = {
             "name": self.name,
             "version": self.version,
             "task": self.task,
@@ -70,17 +92,51 @@ class ModelBundle:
             "label_from_proba": self.label_from_proba,
             "sklearn_version": self.sklearn_version,
             "joblib_version": self.joblib_version,
+            "model_format": self.model_format,
+            "model_file": MODEL_FILES[self.model_format],
             "model_sha256": self.model_sha256,
             "created_at": self.created_at,
         }
+        if self.model_format == "skops":
+            meta["skops_version"] = self.skops_version
+            meta["trusted_types"] = list(self.trusted_types)
+        return meta
 
-    def save(self, directory: Path) -> Path:
-        """Write ``model.joblib`` and ``bundle.json``; the hash is of the file as written."""
+    def save(self, directory: Path, format: ModelFormat | None = None) -> Path:
+        """Write the model file and ``bundle.json``; the hash is of the file as written.
+
+        ``format`` is ``"joblib"`` (a pickle) or ``"skops"``; by default the bundle's own, which is joblib
+        for a bundle fresh from ``build_bundle``. For skops, the types the file needs beyond skops' defaults
+        are recorded as ``trusted_types``: saving a bundle is its author vouching for them, and loading
+        it refuses any type not recorded (or allowed by the operator).
+        """
+        model_format = format or self.model_format
+        if model_format not in MODEL_FILES:
+            raise BundleError(f"unknown model format {model_format!r}; use one of {sorted(MODEL_FILES)}")
         directory.mkdir(parents=True, exist_ok=True)
-        model_path = directory / MODEL_FILE
-        joblib.dump(self.estimator, model_path)
-        saved = replace(self, model_sha256=_sha256(model_path))
+        model_path = directory / MODEL_FILES[model_format]
+        trusted: tuple[str, ...] = ()
+        skops_version = None
+        if model_format == "skops":
+            skops_io = _skops_io()
+            skops_io.dump(self.estimator, model_path)
+            # computed from the file as written, exactly as load_bundle will compute it
+            trusted = tuple(skops_io.get_untrusted_types(file=model_path))
+            skops_version = _skops_version()
+        else:
+            joblib.dump(self.estimator, model_path)
+        saved = replace(
+            self,
+            model_format=model_format,
+            trusted_types=trusted,
+            skops_version=skops_version,
+            model_sha256=_sha256(model_path),
+        )
         (directory / META_FILE).write_text(json.dumps(saved.metadata(), indent=2) + "\n")
+        for name in MODEL_FILES.values():
+            if name != model_path.name:
+                # a model of the other format left from an earlier save is unverified, and may be a pickle
+                (directory / name).unlink(missing_ok=True)
         return directory
 
 
@@ -148,13 +204,42 @@ def build_bundle(
     )
 
 
-def load_bundle(directory: Path, expected_sha256: str | None = None) -> ModelBundle:
-    """Load and verify a bundle: hash before unpickling, scikit-learn version, feature names."""
-    meta_path, model_path = directory / META_FILE, directory / MODEL_FILE
-    if not meta_path.is_file() or not model_path.is_file():
-        raise BundleError(f"{directory} is not a model bundle: it needs {META_FILE} and {MODEL_FILE}")
+def load_bundle(directory: Path, expected_sha256: str | None = None, trusted_types: Sequence[str] = ()) -> ModelBundle:
+    """Load and verify a bundle: hash before loading, then (skops) types, scikit-learn version, feature names.
+
+    ``expected_sha256`` pins the model file, for an operator who knows which model they mean to run.
+    ``trusted_types`` (skops only) are fully qualified type names, as ``get_untrusted_types`` reports
+    them, that the operator allows on top of those the bundle's author recorded.
+    """
+    if isinstance(trusted_types, str):  # a str is a Sequence[str] of characters: surely a mistake
+        raise TypeError("trusted_types must be a sequence of type names, not one string")
+    meta_path = directory / META_FILE
+    if not meta_path.is_file():
+        raise BundleError(
+            f"{directory} is not a model bundle: it needs {META_FILE} and "
+            f"{MODEL_FILES['joblib']} or {MODEL_FILES['skops']}"
+        )
     meta = json.loads(meta_path.read_text())
-    actual = _sha256(model_path)
+    model_format = meta.get("model_format", "joblib")  # bundles made before skops have no model_format
+    if model_format not in MODEL_FILES:
+        raise BundleError(
+            f"{meta_path}: unknown model_format {model_format!r}; this scorer reads {sorted(MODEL_FILES)}"
+        )
+    model_path = directory / MODEL_FILES[model_format]
+    # the file name follows from the format; a bundle.json that points elsewhere is not followed
+    if meta.get("model_file", model_path.name) != model_path.name:
+        raise BundleError(
+            f"{meta_path}: a {model_format} bundle's model_file is {model_path.name}, not {meta['model_file']!r}"
+        )
+    if not model_path.is_file():
+        raise BundleError(f"{directory} is not a model bundle: it needs {META_FILE} and {model_path.name}")
+    data: bytes | None = None
+    if model_format == "skops":
+        # read once, so that the bytes that are hashed and checked are the bytes that are loaded
+        data = model_path.read_bytes()
+        actual = hashlib.sha256(data).hexdigest()
+    else:
+        actual = _sha256(model_path)
     if actual != meta["model_sha256"]:
         raise BundleError(
             f"{model_path} has SHA-256 {actual}, but {META_FILE} records {meta['model_sha256']}: "
@@ -162,10 +247,16 @@ def load_bundle(directory: Path, expected_sha256: str | None = None) -> ModelBun
         )
     if expected_sha256 and actual != expected_sha256:
         raise BundleError(f"{model_path} has SHA-256 {actual}, not the pinned {expected_sha256}")
+    recorded: tuple[str, ...] = ()
+    if model_format == "skops":
+        recorded = _recorded_trusted_types(meta, meta_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error", InconsistentVersionWarning)
         try:
-            estimator = joblib.load(model_path)
+            if data is not None:
+                estimator = _load_skops(data, model_path, recorded, tuple(trusted_types))
+            else:
+                estimator = joblib.load(model_path)
         except InconsistentVersionWarning as exc:
             raise BundleError(
                 f"the bundle was made with scikit-learn {meta['sklearn_version']}, this is "
@@ -188,7 +279,56 @@ def load_bundle(directory: Path, expected_sha256: str | None = None) -> ModelBun
         model_sha256=actual,
         created_at=meta["created_at"],
         estimator=estimator,
+        model_format=model_format,
+        trusted_types=recorded,
+        skops_version=meta.get("skops_version") if model_format == "skops" else None,
     )
+
+
+def _recorded_trusted_types(meta: dict[str, Any], meta_path: Path) -> tuple[str, ...]:
+    recorded = meta.get("trusted_types", [])
+    if not isinstance(recorded, list) or not all(isinstance(name, str) for name in recorded):
+        raise BundleError(f"{meta_path}: trusted_types must be a list of type names, got {recorded!r}")
+    return tuple(recorded)
+
+
+def _load_skops(data: bytes, model_path: Path, recorded: tuple[str, ...], allowed: tuple[str, ...]) -> Any:
+    """Load a skops model only if every type it needs beyond skops' defaults is recorded or allowed.
+
+    ``get_untrusted_types`` reads the file's schema without importing a module or constructing an object,
+    so a refusal here comes before any code of the model runs. ``skops.io.loads`` audits the same again
+    with the same list; ``trusted=True`` (trust everything) is never passed.
+    """
+    skops_io = _skops_io()
+    try:
+        needed = skops_io.get_untrusted_types(data=data)
+    except (zipfile.BadZipFile, KeyError, ValueError) as exc:
+        raise BundleError(f"{model_path} is not a readable skops file: {exc}") from exc
+    refused = sorted(set(needed) - set(recorded) - set(allowed))
+    if refused:
+        raise BundleError(
+            f"{model_path} needs types that neither the bundle's author nor the operator trusts: "
+            f"{', '.join(refused)}. Loading constructs them, and so runs their code: review them, and if you "
+            "trust them, pass them to load_bundle(trusted_types=[...]), or rebuild the bundle (saving it "
+            "records the types its author vouches for)"
+        )
+    try:
+        return skops_io.loads(data, trusted=[*recorded, *allowed])
+    except ImportError as exc:
+        raise BundleError(f"{model_path} needs {exc.name or exc}, which cannot be imported here: {exc}") from exc
+
+
+def _skops_io() -> ModuleType:
+    """``skops.io``, imported on first use: it imports every scikit-learn estimator (about a second)."""
+    import skops.io  # noqa: PLC0415
+
+    return skops.io
+
+
+def _skops_version() -> str:
+    import skops  # noqa: PLC0415
+
+    return str(skops.__version__)
 
 
 def _infer_task(estimator: Any) -> Task:

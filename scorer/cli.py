@@ -114,9 +114,11 @@ def cmd_labels(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+
     import joblib  # noqa: PLC0415
 
-    from scorer.bundle import build_bundle, read_table  # noqa: PLC0415
+    from scorer.bundle import META_FILE, build_bundle, read_table  # noqa: PLC0415
 
     _setup_logging()
     if not args.model.is_file():
@@ -126,8 +128,12 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     estimator = joblib.load(args.model)  # the user's own file: trusted by definition of this command
     frame = read_table(args.training_data)
     bundle = build_bundle(estimator, frame, args.label, args.name, args.version, args.task, args.positive_class)
-    bundle.save(args.out)
-    print(f"bundle {bundle.name} {bundle.version} ({bundle.task}) written to {args.out}")
+    bundle.save(args.out, format=args.format)
+    print(f"bundle {bundle.name} {bundle.version} ({bundle.task}, {args.format}) written to {args.out}")
+    if args.format == "skops":
+        # saving vouches for these types: say which, so that the author can review them
+        trusted = json.loads((args.out / META_FILE).read_text())["trusted_types"]
+        print(f"types beyond skops' defaults, recorded as trusted: {', '.join(trusted) or 'none'}")
     return 0
 
 
@@ -225,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     bundle.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     bundle.add_argument("--task", choices=["binary", "multiclass", "regression"], help="override the inferred task")
     bundle.add_argument("--positive-class", help="binary: the positive class (default: the last of classes_)")
+    bundle.add_argument(
+        "--format",
+        choices=["joblib", "skops"],
+        default="joblib",
+        help="model file format: joblib (a pickle, default) or skops (loads only types the bundle or operator trusts)",
+    )
     bundle.set_defaults(handler=cmd_bundle)
 
     schema = sub.add_parser("schema", help="print a bundle's input (for producers) or prediction Avro schema")

@@ -130,6 +130,14 @@ class RunSettings(KafkaSettings):
     drain_timeout_s: float = setting("On SIGTERM, longest time to finish, deliver and commit.", default=20.0, minimum=0)
     create_topics: bool = setting("Create missing output and dead-letter topics at start-up.", default=False)
     topic_partitions: int = setting("Partitions of topics created by --create-topics.", default=3, minimum=1)
+    processing_guarantee: Literal["at-least-once", "exactly-once"] = setting(
+        "at-least-once: commit input offsets after outputs are acknowledged (duplicates possible after a crash). "
+        "exactly-once: outputs and offsets in one Kafka transaction per batch (needs a real Kafka cluster to hold).",
+        default="at-least-once",
+    )
+    transactional_id: str = setting(
+        "exactly-once: the producer's transactional.id (default: scorer-<group-id>-<hostname>).", default=""
+    )
 
     def __post_init__(self) -> None:
         for name in ("bootstrap_servers", "schema_registry_url", "input_topic", "output_topic", "model"):

@@ -21,15 +21,18 @@ May import: every L0-L2 module. The core modules below it never see Kafka.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from scorer.batching import BatchWindow, next_offsets
@@ -37,7 +40,7 @@ from scorer.bundle import ModelBundle, load_bundle
 from scorer.codec import FeatureDecoder, PredictionEncoder
 from scorer.config import RunSettings
 from scorer.deadletter import dead_letter_headers
-from scorer.errors import ConfigError, DeliveryError, RegistryError, RejectReason, SchemaError
+from scorer.errors import ConfigError, DeliveryError, KafkaClientError, RegistryError, RejectReason, SchemaError
 from scorer.kafka import (
     BatchDelivery,
     FailedOutput,
@@ -66,6 +69,8 @@ outages are not here: those outputs are produced again, never dead-lettered."""
 
 PROGRESS_EVERY_S = 10.0
 IN_FLIGHT_POLL_S = 0.005
+KEEP_ALIVE_AFTER_S = 1.0
+"""A batch still scoring after this long pauses the partitions and keeps polling (see ``_score``)."""
 MAX_IN_FLIGHT = 4
 """Batches produced but not yet acknowledged before the loop waits: bounds memory and replay after a crash."""
 
@@ -100,6 +105,9 @@ class ScoringPipeline:
         self._stopping = False
         self._collected: list[Message] = []
         self._inflight: deque[_InFlight] = deque()
+        self._refused: dict[tuple[int, int], str] = {}  # exactly-once: source (partition, offset) -> reason
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer-model")
+        self._scoring = False
         self._counts = {"consumed": 0, "scored": 0, "rejected": 0}
         self.bundle: ModelBundle | None = None
         self._metrics_server: Any = None
@@ -133,12 +141,28 @@ class ScoringPipeline:
         ensure_topics(
             admin, [s.output_topic, s.dead_letter_topic], s.create_topics, s.topic_partitions, "--output-topic"
         )
-        self.producer = create_producer(s)
+        self.producer = self._new_producer()
         self.consumer = create_consumer(s, s.group_id, stats_cb=self.metrics.on_stats, error_cb=self._on_client_error)
         self.consumer.subscribe(
             [s.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
         self.metrics.ready.set(1)
+
+    def _new_producer(self) -> Producer:
+        """Idempotent producer; in exactly-once mode also transactional (and its transactions initialised)."""
+        s = self.settings
+        if s.processing_guarantee == "at-least-once":
+            return create_producer(s)
+        transactional_id = s.transactional_id or f"scorer-{s.group_id}-{socket.gethostname()}"
+        producer = create_producer(s, **{"transactional.id": transactional_id})
+        try:
+            producer.init_transactions(30)
+        except KafkaException as exc:
+            raise KafkaClientError(
+                f"cannot initialise transactions as {transactional_id!r}: {exc}", fatal=True
+            ) from exc
+        log.info("exactly-once: transactional id %s", transactional_id)
+        return producer
 
     def _check_input_schema(self) -> None:
         s, bundle = self.settings, self.bundle
@@ -170,7 +194,8 @@ class ScoringPipeline:
             self.metrics.ready.set(0)
             log.warning("%s; retrying in %.1f s", exc, backoff)
 
-        result = retry_unavailable(call, lambda: self._stopping, on_retry)
+        sleep = self._keep_alive if getattr(self, "consumer", None) is not None else time.sleep
+        result = retry_unavailable(call, lambda: self._stopping, on_retry, sleep=sleep)
         if self._stopping is False:
             self.metrics.ready.set(1)
         return result
@@ -220,6 +245,7 @@ class ScoringPipeline:
             self._settle(until=0, deadline=deadline)
         finally:
             self.metrics.ready.set(0)
+            self._worker.shutdown(wait=True)
             self.consumer.close()  # leaves the group at once so partitions move without a session timeout
             self.producer.flush(max(0.0, deadline - self._clock()))
             self.registry.close()
@@ -234,18 +260,30 @@ class ScoringPipeline:
             self._process(messages)
 
     def _process(self, messages: list[Message]) -> None:
-        """Decode, score, encode and produce one batch; its commit waits for its acknowledgements.
+        """Decode, score, encode and produce one batch.
 
-        The batch joins the in-flight queue and the loop goes on polling and scoring the next batch while
-        the broker acknowledges this one (I/O and compute overlap); ``_settle`` commits batches in order
-        once all their outputs are acknowledged.
+        At-least-once: the batch joins the in-flight queue and the loop goes on polling and scoring the
+        next batch while the broker acknowledges this one (I/O and compute overlap); ``_settle`` commits
+        batches in order once all their outputs are acknowledged. Exactly-once: one transaction.
         """
+        batch = self._build(messages)
+        if self.settings.processing_guarantee == "exactly-once":
+            self._transact(batch)
+            return
+        started = time.perf_counter()
+        batch.delivery.produce(self.producer, batch.delivery.outputs)
+        self._inflight.append(batch)
+        self.metrics.stage_seconds.labels(stage="produce").observe(time.perf_counter() - started)
+        self._settle(until=MAX_IN_FLIGHT)
+
+    def _build(self, messages: list[Message]) -> _InFlight:
+        """Everything up to the produce call: predictions and dead letters, in input order."""
         m, started = self.metrics, time.perf_counter()
         refs = [SourceRef(msg.topic(), msg.partition(), msg.offset()) for msg in messages]
         values = [msg.value() for msg in messages]
         decoded = self._with_registry(lambda: self.decoder.decode(values))
         t_decoded = time.perf_counter()
-        result = self.scorer.score(decoded.frame)
+        result = self._score(decoded.frame)
         t_scored = time.perf_counter()
         encoded = self.encoder.encode_scores(result)
         t_encoded = time.perf_counter()
@@ -253,24 +291,109 @@ class ScoringPipeline:
         outputs = [
             self._prediction_output(i, messages[i], refs[i], value)
             for i, value in zip(result.indices, encoded, strict=True)
+            if (refs[i].partition, refs[i].offset) not in self._refused
         ]
         rejections = decoded.rejections + result.rejections
+        for i in result.indices:  # exactly-once retry: predictions the broker refused before
+            reason = self._refused.pop((refs[i].partition, refs[i].offset), None)
+            if reason is not None:
+                rejections.append(Rejection(i, RejectReason.OUTPUT_REJECTED, reason))
         outputs += [self._dead_letter(messages[r.index], refs[r.index], r) for r in rejections]
         outputs.sort(key=lambda record: record.source_index)
-        batch = _InFlight(BatchDelivery(outputs), next_offsets(refs), messages, refs, rejections, len(result))
-        batch.delivery.produce(self.producer, outputs)
-        self._inflight.append(batch)
-        t_produced = time.perf_counter()
-
         for stage, seconds in (
             ("decode", t_decoded - started),
             ("score", t_scored - t_decoded),
             ("encode", t_encoded - t_scored),
-            ("produce", t_produced - t_encoded),
         ):
             m.stage_seconds.labels(stage=stage).observe(seconds)
         m.batch_size.observe(len(messages))
-        self._settle(until=MAX_IN_FLIGHT)
+        refused = sum(1 for r in rejections if r.reason is RejectReason.OUTPUT_REJECTED)
+        return _InFlight(BatchDelivery(outputs), next_offsets(refs), messages, refs, rejections, len(result) - refused)
+
+    def _score(self, frame: Any) -> Any:
+        """Score on the worker thread; if that takes long, keep the group membership alive meanwhile.
+
+        A model slower than ``max.poll.interval.ms`` would otherwise get this replica thrown out of the
+        group (and its batch replayed elsewhere, again and again). The partitions are paused, so the
+        polls that keep the membership fetch nothing new.
+        """
+        future = self._worker.submit(self.scorer.score, frame)
+        try:
+            return future.result(timeout=KEEP_ALIVE_AFTER_S)
+        except FutureTimeout:
+            pass
+        log.info("the model is slow on this batch: pausing partitions and polling while it works")
+        self._scoring = True
+        try:
+            while not future.done():
+                self._keep_alive(0.5)
+        finally:
+            self._scoring = False
+        return future.result()
+
+    def _keep_alive(self, seconds: float) -> None:
+        """Poll with every partition paused: keeps the group membership without fetching records."""
+        assignment = self.consumer.assignment()
+        self.consumer.pause(assignment)
+        try:
+            deadline = self._clock() + seconds
+            while self._clock() < deadline:
+                for message in self.consumer.consume(num_messages=1000, timeout=min(0.2, seconds)):
+                    if message.error() is None:
+                        self._collected.append(message)  # fetched before the pause: scored next, in order
+                self.producer.poll(0)
+        finally:
+            self.consumer.resume(self.consumer.assignment())
+
+    def _transact(self, batch: _InFlight) -> None:
+        """Exactly-once: outputs and input offsets in one transaction; on failure, abort and rewind.
+
+        The rewind seeks the batch's partitions back to its first offsets, so the loop reads and scores
+        it again. A prediction the broker refused for good is remembered by its source offset and
+        dead-lettered on the next attempt instead of failing forever.
+        """
+        producer, started = self.producer, time.perf_counter()
+        try:
+            producer.begin_transaction()
+            batch.delivery.produce(producer, batch.delivery.outputs)
+            for failure in batch.delivery.take_failures():  # refused at produce time (e.g. too large)
+                self._remember_refusal(batch, failure)
+            if self._refused:
+                raise KafkaException(KafkaError(KafkaError._FAIL, "outputs refused; retrying with dead letters"))  # noqa: SLF001
+            partitions = [TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()]
+            producer.send_offsets_to_transaction(partitions, self.consumer.consumer_group_metadata(), 30)
+            producer.commit_transaction(60)
+        except KafkaException as exc:
+            error = exc.args[0]
+            for failure in batch.delivery.take_failures():
+                self._remember_refusal(batch, failure)
+            if error.fatal() or not error.txn_requires_abort() and not error.retriable() and not self._refused:
+                raise KafkaClientError(f"transaction failed: {error.str()}", fatal=True) from exc
+            log.warning("transaction aborted (%s): rewinding %d records", error.str(), len(batch.messages))
+            producer.abort_transaction(30)
+            self.metrics.delivery_retries.inc()
+            self._rewind(batch)
+            return
+        self.metrics.stage_seconds.labels(stage="produce").observe(time.perf_counter() - started)
+        self._account(batch)
+
+    def _remember_refusal(self, batch: _InFlight, failure: FailedOutput) -> None:
+        record = failure.record
+        if record.topic == self.settings.output_topic and failure.code in PERMANENT_PRODUCE_ERRORS:
+            ref = batch.refs[record.source_index]
+            self._refused[(ref.partition, ref.offset)] = f"the prediction was refused: {failure.reason}"
+        elif record.topic == self.settings.dead_letter_topic and failure.code in PERMANENT_PRODUCE_ERRORS:
+            raise DeliveryError(f"a dead letter was refused by the broker: {failure.reason}")
+
+    def _rewind(self, batch: _InFlight) -> None:
+        """Seek each partition of the batch back to its first record (and drop what was read after it)."""
+        first: dict[tuple[str, int], int] = {}
+        for ref in batch.refs:
+            key = (ref.topic, ref.partition)
+            first[key] = min(first.get(key, ref.offset), ref.offset)
+        self._collected = [m for m in self._collected if (m.topic(), m.partition()) not in first]
+        for (topic, partition), offset in first.items():
+            self.consumer.seek(TopicPartition(topic, partition, offset))
 
     def _settle(self, until: int, deadline: float | None = None) -> None:
         """Serve delivery reports, handle failures, and commit every leading batch that is fully delivered.
@@ -296,7 +419,14 @@ class ScoringPipeline:
             self._account(head)
         if offsets:
             started = time.perf_counter()
-            commit_offsets(self.consumer, offsets, asynchronous=until > 0)
+            try:
+                commit_offsets(self.consumer, offsets, asynchronous=until > 0)
+            except KafkaClientError as exc:
+                if exc.fatal:
+                    raise
+                # e.g. the partitions moved while a slow batch scored: the new owner re-reads from the last
+                # commit, so this costs duplicates, never loss
+                log.warning("commit refused (%s): the next owner replays these records", exc)
             self.metrics.stage_seconds.labels(stage="commit").observe(time.perf_counter() - started)
 
     def _wait_for(self, batch: _InFlight, deadline: float | None) -> None:
@@ -385,7 +515,7 @@ class ScoringPipeline:
         """
         log.warning("producer failed fatally (%s): creating a new producer", reason)
         old = self.producer
-        self.producer = create_producer(self.settings)
+        self.producer = self._new_producer()
         old.purge()
         old.flush(0)
 
@@ -396,7 +526,11 @@ class ScoringPipeline:
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Finish and commit what was collected before the partitions move to another replica."""
         log.info("revoked %s: finishing %d collected records", _describe(partitions), len(self._collected))
-        self._process_collected()
+        if self._scoring:  # called from _keep_alive while the model works: do not start another batch
+            revoked = {(p.topic, p.partition) for p in partitions}
+            self._collected = [m for m in self._collected if (m.topic(), m.partition()) not in revoked]
+        else:
+            self._process_collected()
         self._settle(until=0)
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
