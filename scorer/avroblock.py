@@ -22,7 +22,7 @@ May import: nothing from scorer. Third-party: fastavro (the container header), p
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,7 @@ _FIXED_SIZE = {"null": 0, "boolean": 1, "float": 4, "double": 8}
 _VARINT = {"int", "long"}
 _LENGTH_PREFIXED = {"string", "bytes"}
 _SUPPORTED = _FIXED_SIZE.keys() | _VARINT | _LENGTH_PREFIXED
+_TIME_OF_DAY = {"time-millis", "time-micros"}  # polars keeps nanoseconds: the size check never matches
 _VARINT_LIMITS = np.array([1 << (7 * k) for k in range(1, 10)], dtype=np.uint64)
 
 
@@ -56,14 +57,22 @@ class BlockLayout:
     sync: bytes
 
 
-def layout_of(writer: dict[str, Any]) -> BlockLayout | None:
-    """The layout of a flat writer schema, or ``None`` if it needs the per-record path."""
+def layout_of(writer: dict[str, Any], used: Collection[str] = ()) -> BlockLayout | None:
+    """The layout of a flat writer schema, or ``None`` if it needs the per-record path.
+
+    ``used`` names the fields the reader keeps. Those must carry no logical type: fastavro turns
+    logical types into Python objects (dates, UUIDs) where polars keeps numbers or formats them
+    differently, and both paths must give the same values. Fields the reader drops may have logical types
+    over int and long (their values only matter for the size check).
+    """
     if writer.get("type") != "record":
         return None
     fields = []
     for spec in writer.get("fields", []):
-        kind, null_branch = _field_kind(spec["type"])
-        if kind is None:
+        kind, null_branch, logical = _field_kind(spec["type"])
+        if kind in (None, "null") or (
+            logical and (spec["name"] in used or kind not in _VARINT or logical in _TIME_OF_DAY)
+        ):
             return None
         fields.append(_Field(spec["name"], kind, null_branch))
     container = io.BytesIO()
@@ -72,16 +81,18 @@ def layout_of(writer: dict[str, Any]) -> BlockLayout | None:
     return BlockLayout(tuple(fields), header, header[-16:])
 
 
-def _field_kind(avro_type: Any) -> tuple[str | None, int | None]:
+def _field_kind(avro_type: Any) -> tuple[str | None, int | None, str | None]:
+    """(primitive kind, union index of null or None, logical type or None); kind None: unsupported."""
     if isinstance(avro_type, list):
         if len(avro_type) != 2 or "null" not in avro_type:
-            return None, None
-        other = avro_type[1 - avro_type.index("null")]
-        kind, _ = _field_kind(other)
-        return (kind, avro_type.index("null")) if kind not in (None, "null") else (None, None)
+            return None, None, None
+        kind, _, logical = _field_kind(avro_type[1 - avro_type.index("null")])
+        return (kind, avro_type.index("null"), logical) if kind not in (None, "null") else (None, None, None)
     if isinstance(avro_type, dict):
-        return _field_kind(avro_type["type"]) if avro_type.get("type") in _SUPPORTED else (None, None)
-    return (avro_type, None) if avro_type in _SUPPORTED else (None, None)
+        if avro_type.get("type") not in _SUPPORTED:
+            return None, None, None
+        return avro_type["type"], None, avro_type.get("logicalType")
+    return (avro_type, None, None) if avro_type in _SUPPORTED else (None, None, None)
 
 
 def decode_block(bodies: Sequence[bytes], layout: BlockLayout) -> pl.DataFrame | None:
@@ -90,21 +101,28 @@ def decode_block(bodies: Sequence[bytes], layout: BlockLayout) -> pl.DataFrame |
     container = layout.header + _varint(len(bodies)) + _varint(len(payload)) + payload + layout.sync
     try:
         frame = pl.read_avro(io.BytesIO(container))
+        if frame.height != len(bodies):
+            return None
+        lengths = np.fromiter((len(body) for body in bodies), dtype=np.int64, count=len(bodies))
+        sizes, checks = _field_sizes(frame, layout)
     except (PolarsError, OSError, PanicException, ValueError):
         return None
-    if frame.height != len(bodies):
+    if not np.array_equal(np.sum(sizes, axis=0), lengths):
         return None
-    lengths = np.fromiter((len(body) for body in bodies), dtype=np.int64, count=len(bodies))
-    return frame if np.array_equal(_encoded_sizes(frame, layout), lengths) else None
+    return frame if _bytes_agree(np.frombuffer(payload, dtype=np.uint8), lengths, sizes, checks) else None
 
 
-def _encoded_sizes(frame: pl.DataFrame, layout: BlockLayout) -> np.ndarray:
-    """Bytes each row takes in canonical Avro binary encoding.
+def _field_sizes(frame: pl.DataFrame, layout: BlockLayout) -> tuple[np.ndarray, list[tuple[int, int, np.ndarray]]]:
+    """Bytes each field of each row takes in canonical Avro binary encoding, and the bytes to check.
+
+    Returns a (fields x rows) size matrix and a list of (field position, offset within the field, expected
+    byte per row; -1 for no check): union branch indexes and boolean bytes, which decoders read leniently
+    (polars takes branch 2 of a two-branch union, and a boolean byte 2 as False where fastavro says True)
+    and whose size is always one byte, so the size check alone cannot see them.
 
     One polars ``select`` extracts what the sizes depend on (string byte lengths, integer values, null
-    masks); the arithmetic is numpy. Calling polars once per column costs more than the decoding itself.
+    masks, booleans); the arithmetic is numpy. Calling polars once per column costs more than decoding.
     """
-    constant = 0
     wanted: list[pl.Expr] = []
     for spec in layout.fields:
         column = pl.col(spec.name)
@@ -113,28 +131,48 @@ def _encoded_sizes(frame: pl.DataFrame, layout: BlockLayout) -> np.ndarray:
         elif spec.kind in _LENGTH_PREFIXED:
             length = column.str.len_bytes() if frame.schema[spec.name] == pl.String else column.bin.size()
             wanted.append(length.cast(pl.Int64).fill_null(0).alias(f"length:{spec.name}"))
-        elif spec.null_branch is None:
-            constant += _FIXED_SIZE[spec.kind]
+        elif spec.kind == "boolean":
+            wanted.append(column.cast(pl.Int64).fill_null(-1).alias(f"value:{spec.name}"))
         if spec.null_branch is not None:
             wanted.append(column.is_null().alias(f"null:{spec.name}"))
-    sizes = np.full(frame.height, constant, dtype=np.int64)
-    if not wanted:
-        return sizes
-    parts = frame.select(wanted)
-    for spec in layout.fields:
+    parts = frame.select(wanted) if wanted else frame.clear()
+    sizes = np.zeros((len(layout.fields), frame.height), dtype=np.int64)
+    checks: list[tuple[int, int, np.ndarray]] = []
+    for position, spec in enumerate(layout.fields):
         if spec.kind in _VARINT:
             size = _varint_sizes(parts.get_column(f"value:{spec.name}").to_numpy())
         elif spec.kind in _LENGTH_PREFIXED:
             length = parts.get_column(f"length:{spec.name}").to_numpy()
             size = length + _varint_sizes(length)
         else:
-            size = np.int64(_FIXED_SIZE[spec.kind])
-        if spec.null_branch is None:
-            if spec.kind not in _FIXED_SIZE:
-                sizes += size
-        else:  # the branch index (0 or 1) takes one byte; a null adds nothing more
-            sizes += 1 + np.where(parts.get_column(f"null:{spec.name}").to_numpy(), 0, size)
-    return sizes
+            size = np.full(frame.height, _FIXED_SIZE[spec.kind], dtype=np.int64)
+        branch = 0
+        if spec.null_branch is not None:  # the branch index (0 or 1) takes one byte; a null adds nothing more
+            null = parts.get_column(f"null:{spec.name}").to_numpy()
+            value_branch = 1 - spec.null_branch
+            checks.append((position, 0, np.where(null, 2 * spec.null_branch, 2 * value_branch)))
+            size = 1 + np.where(null, 0, size)
+            branch = 1
+        if spec.kind == "boolean":
+            checks.append((position, branch, parts.get_column(f"value:{spec.name}").to_numpy()))
+        sizes[position] = size
+    return sizes, checks
+
+
+def _bytes_agree(
+    payload: np.ndarray, lengths: np.ndarray, sizes: np.ndarray, checks: list[tuple[int, int, np.ndarray]]
+) -> bool:
+    """Whether every checked byte holds what the decoded value says it must."""
+    if not checks:
+        return True
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    field_starts = starts + np.concatenate([np.zeros((1, len(lengths)), dtype=np.int64), np.cumsum(sizes, axis=0)[:-1]])
+    for position, within, expected in checks:
+        rows = expected >= 0  # a null boolean has no value byte
+        offsets = field_starts[position][rows] + within
+        if not np.array_equal(payload[offsets], expected[rows]):
+            return False
+    return True
 
 
 def _varint_sizes(values: np.ndarray) -> np.ndarray:

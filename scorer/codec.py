@@ -109,18 +109,27 @@ class FeatureDecoder:
     rejected with the fields that differ, at the cost of one registry lookup per schema id.
     """
 
-    def __init__(self, training: TrainingSchema, id_field: str, lookup: SchemaLookup) -> None:
+    def __init__(
+        self, training: TrainingSchema, id_field: str, lookup: SchemaLookup, max_record_bytes: int = 1_000_000
+    ) -> None:
         self._training = training
+        self._max_record_bytes = max_record_bytes
         self._id_field = id_field
         self._lookup = lookup
         self._cache: dict[int, _WriterEntry] = {}
         self._columns = list(dict.fromkeys([*training.feature_names, id_field]))
         self._types = {f.name: _POLARS_TYPES[f.type] for f in training.features}
+        self._kinds = {f.name: f.type for f in training.features}
 
     def decode(self, values: Sequence[bytes | None]) -> DecodedBatch:
         rejections: list[Rejection] = []
         groups: dict[int, tuple[list[int], list[bytes]]] = {}
+        limit = self._max_record_bytes
         for index, value in enumerate(values):
+            if value is not None and len(value) > limit:
+                detail = f"{len(value)} bytes is more than the {limit} bytes a feature record may have"
+                rejections.append(Rejection(index, RejectReason.RECORD_TOO_LARGE, detail))
+                continue
             framed = split_frame(value)
             if isinstance(framed[0], RejectReason):
                 rejections.append(Rejection(index, framed[0], str(framed[1])))
@@ -171,15 +180,25 @@ class FeatureDecoder:
             if isinstance(record, str):
                 rejections.append(Rejection(position, RejectReason.MALFORMED_BODY, record, schema_id))
             else:
-                identifier = record.get(self._id_field)
-                record[self._id_field] = None if identifier is None else str(identifier)
                 records.append(record)
                 kept.append(position)
-        frame = pd.DataFrame.from_records(records, columns=self._columns, index=pd.Index(kept, dtype=np.int64))
-        for name in self._columns:  # the same column types as the columnar path
-            if self._types.get(name, pl.String) == pl.String:
-                frame[name] = frame[name].astype(object)
-        return frame
+        index = pd.Index(kept, dtype=np.int64)
+        data = {name: self._column([r.get(name) for r in records], name, index) for name in self._columns}
+        return pd.DataFrame(data, index=index, copy=False)
+
+    def _column(self, values: list[Any], name: str, index: pd.Index) -> pd.Series:
+        """One column from decoded records, typed exactly as the columnar path types it."""
+        kind = self._kinds.get(name)
+        if kind is None:  # the id, when it is not a feature: text, or None when missing
+            return pd.Series([None if v is None else str(v) for v in values], index=index, dtype=object)
+        has_null = any(v is None for v in values)
+        if kind == "long":
+            return pd.Series(values, index=index, dtype="Int64" if has_null else np.int64)
+        if kind == "double":
+            return pd.Series([np.nan if v is None else v for v in values], index=index, dtype=np.float64)
+        if kind == "boolean" and not has_null:
+            return pd.Series(values, index=index, dtype=bool)
+        return pd.Series(values, index=index, dtype=object)
 
     def _resolve(self, block: pl.DataFrame, positions: list[int]) -> pd.DataFrame:
         """Avro schema resolution on columns: pick the reader's fields by name and promote their types.
@@ -200,6 +219,19 @@ class FeatureDecoder:
         data = {name: _as_pandas(resolved.get_column(name), index) for name in self._columns}
         return pd.DataFrame(data, index=index, copy=False)
 
+    def _id_differences(self, writer_text: str) -> list[str]:
+        """The id must be written as a string or an integer (optionally nullable) with no logical type."""
+        if self._id_field in self._kinds:
+            return []  # a feature: the training schema's check covers it
+        for spec in json.loads(writer_text).get("fields", []):
+            if spec["name"] == self._id_field:
+                kinds = spec["type"] if isinstance(spec["type"], list) else [spec["type"]]
+                if any(k not in ("null", "string", "int", "long") for k in kinds):
+                    return [
+                        f"{self._id_field}: written as {json.dumps(spec['type'])}, an id must be a string or a long"
+                    ]
+        return []
+
     def _entry(self, schema_id: int) -> _WriterEntry | None:
         cached = self._cache.get(schema_id)
         if cached is not None:
@@ -213,7 +245,7 @@ class FeatureDecoder:
                 return None
             raise
         try:  # the text, not parsed JSON: a non-record or non-JSON writer schema is a difference, not a crash
-            differences = check_readable(self._training, writer_text)
+            differences = check_readable(self._training, writer_text) or self._id_differences(writer_text)
         except SchemaError as exc:
             differences = [str(exc)]
         if differences:
@@ -226,7 +258,7 @@ class FeatureDecoder:
             entry = _WriterEntry(
                 writer=fastavro.parse_schema(writer_json),
                 reader=fastavro.parse_schema(reader),
-                layout=layout_of(writer_json),
+                layout=layout_of(writer_json, used=self._columns),
             )
         self._cache[schema_id] = entry
         return entry
@@ -234,9 +266,13 @@ class FeatureDecoder:
 
 def _as_pandas(column: pl.Series, index: pd.Index) -> pd.Series:
     """numpy-backed numbers; strings as an object column (pandas' arrow-backed ``str`` dtype makes
-    scikit-learn's encoders about twice as slow, measured on the benchmark pipeline)."""
-    dtype = object if column.dtype == pl.String else None
-    return pd.Series(column.to_numpy(), index=index, dtype=dtype, copy=False)
+    scikit-learn's encoders about twice as slow, measured on the benchmark pipeline); integers with nulls as
+    pandas' nullable ``Int64``, which keeps them exact (float64 would round values above 2**53)."""
+    if column.dtype == pl.String:
+        return pd.Series(column.to_numpy(), index=index, dtype=object, copy=False)
+    if column.dtype == pl.Int64 and column.null_count():
+        return pd.Series(column.to_list(), index=index, dtype="Int64")
+    return pd.Series(column.to_numpy(), index=index, copy=False)
 
 
 def _read_body(body: bytes, entry: _WriterEntry) -> dict[str, Any] | str:

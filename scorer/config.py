@@ -119,9 +119,17 @@ class RunSettings(KafkaSettings):
     group_id: str = setting("Consumer group; replicas with the same group share the partitions.", default="scorer")
     model: str = setting("Model bundle directory (made by `scorer bundle`).", default="")
     model_sha256: str = setting("Refuse to start unless the bundle's model file has this SHA-256.", default="")
+    model_trusted_types: str = setting(
+        "skops bundles: extra types (comma-separated) the operator trusts beyond those the bundle records.", default=""
+    )
     id_field: str = setting("Input field copied into each prediction's id.", default="id")
     max_batch_size: int = setting("Most records scored in one model call.", default=1000, minimum=1)
     max_wait_ms: int = setting("Longest wait for a batch to fill after its first record.", default=50, minimum=0)
+    max_record_bytes: int = setting(
+        "Feature records larger than this are dead-lettered (record_too_large) without being decoded.",
+        default=1_000_000,
+        minimum=1,
+    )
     include_features: bool = setting("Append the input features to each prediction record.", default=False)
     unknown_categories: Literal["reject", "score"] = setting(
         "A string feature value never seen in training: dead-letter it (reject) or pass it to the model (score).",

@@ -1,7 +1,8 @@
 """A small Confluent-compatible Avro schema registry for local development and tests.
 
 It exists so ``scorer`` and its tests can run against a real HTTP registry without a JVM. It is **not**
-for production: no authentication, no replication, all state in one JSON file. In production point
+for production: no replication, all state in one JSON file, and authentication only as far as tests of
+clients' settings need it (optional HTTP basic auth and TLS, see ``make_server``). In production point
 scorer at Confluent Schema Registry, Karapace, Apicurio (ccompat API) or Redpanda.
 
 Implemented (Avro only, the Confluent REST API as confluent-kafka's ``SchemaRegistryClient`` uses it):
@@ -13,19 +14,24 @@ compatibility levels (all seven, decided by the ``avro`` package's checker), com
 
 Not implemented: JSON Schema and Protobuf, schema references, metadata and rule sets (data contracts),
 contexts, modes other than READWRITE, import mode, ``normalize`` (schemas are always compared in a
-whitespace- and key-order-insensitive form), tags, associations, guids, authentication, clustering.
+whitespace- and key-order-insensitive form), tags, associations, guids, authorization (every known user
+may do everything), client certificates (mTLS), clustering.
 """
 
 from __future__ import annotations
 
+import base64
+import hmac
 import json
 import logging
 import os
 import signal
 import socket
 import socketserver
+import ssl
 import sys
 import threading
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -37,7 +43,7 @@ from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibi
 from scorer.errors import RegistryError
 
 __all__ = ["COMPATIBILITY_LEVELS", "CONTENT_TYPE", "DEFAULT_HOST", "RegistryHTTPError", "SchemaStore"]
-__all__ += ["make_server", "serve"]
+__all__ += ["make_server", "read_users_file", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -508,6 +514,26 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 60  # drop idle keep-alive connections rather than hold a thread forever
     disable_nagle_algorithm = True  # headers and body are two writes: avoid the 40 ms delayed-ACK stall
 
+    def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):  # the TLS handshake runs here, in this request's thread
+            self.request.settimeout(self.timeout)
+            self.request.do_handshake()
+        super().setup()
+
+    def _authenticate(self) -> None:
+        """With users configured, every request must carry HTTP basic auth of one of them, else 401."""
+        users = self.server.users
+        if users is None:
+            return
+        scheme, _, encoded = (self.headers.get("Authorization") or "").partition(" ")
+        try:
+            user, _, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
+        except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+            user, password = "", ""
+        expected = users.get(user)
+        if scheme.lower() != "basic" or expected is None or not hmac.compare_digest(password, expected):
+            raise RegistryHTTPError(401, 401, "Unauthorized")
+
     def _read_body(self) -> Any:
         """Read the body first in every case, so a refused request leaves the connection usable."""
         length = int(self.headers.get("Content-Length") or 0)
@@ -528,6 +554,7 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         try:
             body = self._read_body()
+            self._authenticate()
             status, payload = 200, _route(self.server.store, self.command, path, query, body)
         except RegistryHTTPError as exc:
             status, payload = exc.status or 500, {"error_code": exc.error_code, "message": str(exc)}
@@ -538,6 +565,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", CONTENT_TYPE)
         self.send_header("Content-Length", str(len(data)))
+        if status == 401:
+            self.send_header("WWW-Authenticate", 'Basic realm="dev registry"')
         self.end_headers()
         self.wfile.write(data)
 
@@ -553,10 +582,32 @@ class _RegistryServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], store: SchemaStore) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        store: SchemaStore,
+        users: Mapping[str, str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.store = store
+        self.users = dict(users) if users is not None else None
+        self.ssl_context = ssl_context
         super().__init__(address, _Handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        connection, address = super().get_request()
+        if self.ssl_context is not None:  # no handshake here: one slow client would stall every accept
+            connection = self.ssl_context.wrap_socket(connection, server_side=True, do_handshake_on_connect=False)
+        return connection, address
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that drops out or refuses our certificate is its problem: log it at DEBUG only."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ssl.SSLError | ConnectionError | TimeoutError):
+            log.debug("dev registry: connection from %s failed: %s", client_address, error)
+            return
+        super().handle_error(request, client_address)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS lookup that can stall for seconds.
@@ -565,23 +616,65 @@ class _RegistryServer(ThreadingHTTPServer):
         self.server_name, self.server_port = str(host), int(port)
 
 
-def make_server(host: str, port: int, state_dir: Path) -> ThreadingHTTPServer:
+def make_server(
+    host: str,
+    port: int,
+    state_dir: Path,
+    *,
+    users: Mapping[str, str] | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+) -> ThreadingHTTPServer:
     """Bind (not yet serve) a dev registry keeping its state in ``state_dir/registry.json``.
 
-    Pass ``DEFAULT_HOST`` (loopback) unless you must: the registry has no authentication. ``port=0``
-    picks a free port (read it from ``server.server_address``). Run ``serve_forever()`` in a thread.
+    Pass ``DEFAULT_HOST`` (loopback) unless you must. ``port=0`` picks a free port (read it from
+    ``server.server_address``). Run ``serve_forever()`` in a thread.
+
+    ``users`` (user -> password) turns on HTTP basic auth for every request: a missing or wrong
+    ``Authorization`` header gets 401 ``{"error_code": 401, "message": "Unauthorized"}``, as Confluent's
+    registry answers. ``tls_cert`` (PEM, with the key unless ``tls_key`` is given) serves HTTPS instead of
+    HTTP. Both exist to test clients' settings for real; they do not make this a production registry.
     """
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
-    return _RegistryServer((host, port), SchemaStore(state_dir / "registry.json"))
+    context = None
+    if tls_cert is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(tls_cert, tls_key)
+    return _RegistryServer((host, port), SchemaStore(state_dir / "registry.json"), users, context)
 
 
-def serve(host: str, port: int, state_dir: Path) -> None:
+def read_users_file(path: Path) -> dict[str, str]:
+    """``user:password`` lines (``#`` comments and blank lines ignored), for ``make_server(users=...)``.
+
+    A file rather than a flag so that passwords stay out of process lists.
+    """
+    users = {}
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, password = line.partition(":")
+        if not sep or not user:
+            raise ValueError(f"{path}:{number} is not user:password")
+        users[user] = password
+    return users
+
+
+def serve(
+    host: str,
+    port: int,
+    state_dir: Path,
+    *,
+    users: Mapping[str, str] | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+) -> None:
     """Run a dev registry in the foreground until SIGTERM or SIGINT, then close it cleanly.
 
     Call it from the main thread: only the main thread may install signal handlers.
     """
-    server = make_server(host, port, state_dir)
+    server = make_server(host, port, state_dir, users=users, tls_cert=tls_cert, tls_key=tls_key)
 
     def stop(signum: int, frame: object) -> None:
         # shutdown() waits for serve_forever() to return, and serve_forever() runs in this very thread:
@@ -589,11 +682,12 @@ def serve(host: str, port: int, state_dir: Path) -> None:
         threading.Thread(target=server.shutdown, name="devregistry-shutdown", daemon=True).start()
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    if host not in ("127.0.0.1", "::1", "localhost"):
+    if host not in ("127.0.0.1", "::1", "localhost") and users is None:
         log.warning("dev registry bound to %s: it has no authentication, keep it off shared networks", host)
     bound_host, bound_port = server.server_address[:2]
     shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
-    print(f"dev registry listening on http://{shown}:{bound_port}", file=sys.stderr, flush=True)
+    scheme = "https" if tls_cert is not None else "http"
+    print(f"dev registry listening on {scheme}://{shown}:{bound_port}", file=sys.stderr, flush=True)
     try:
         server.serve_forever()
     finally:

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -83,14 +84,29 @@ def status(state_dir: Path) -> DevStack | None:
     return stack if _alive(stack.broker_pid) and _alive(stack.registry_pid) else None
 
 
-def up(state_dir: Path, broker_port: int = 9092, registry_port: int = 8081, host: str = "127.0.0.1") -> DevStack:
-    """Start broker and registry (or return the running ones); wait until both answer."""
+def up(
+    state_dir: Path,
+    broker_port: int = 9092,
+    registry_port: int = 8081,
+    host: str = "127.0.0.1",
+    *,
+    advertised: str | None = None,
+    broker_args: Sequence[str] = (),
+) -> DevStack:
+    """Start broker and registry (or return the running ones); wait until both answer.
+
+    ``advertised`` (``host:port``) is the address the broker hands clients in its metadata, for a proxy in
+    front of it (a TLS terminator, a fault injector); it is then also the stack's ``bootstrap_servers``.
+    ``broker_args`` are extra Tansu flags, e.g. ``["--authentication"]`` (docs/security.md says what the
+    dev broker supports). Both apply only when this call starts the stack.
+    """
     running = status(state_dir)
     if running is not None:
         return running
     stop(state_dir)  # a half-dead earlier stack: clear it
     state_dir.mkdir(parents=True, exist_ok=True)
     broker_port, registry_port = free_port(broker_port, host), free_port(registry_port, host)
+    bootstrap = advertised or f"{host}:{broker_port}"
     broker = _spawn(
         [
             _broker_binary(),
@@ -98,9 +114,10 @@ def up(state_dir: Path, broker_port: int = 9092, registry_port: int = 8081, host
             "--listener-url",
             f"tcp://{host}:{broker_port}",
             "--advertised-listener-url",
-            f"tcp://{host}:{broker_port}",
+            f"tcp://{bootstrap}",
             "--storage-engine",
             "memory://tansu/",
+            *broker_args,
         ],
         state_dir / "broker.log",
     )
@@ -109,9 +126,7 @@ def up(state_dir: Path, broker_port: int = 9092, registry_port: int = 8081, host
         + ["--state-dir", str(state_dir / "registry")],
         state_dir / "registry.log",
     )
-    stack = DevStack(
-        f"{host}:{broker_port}", f"http://{host}:{registry_port}", broker.pid, registry.pid, str(state_dir)
-    )
+    stack = DevStack(bootstrap, f"http://{host}:{registry_port}", broker.pid, registry.pid, str(state_dir))
     (state_dir / STATE_FILE).write_text(json.dumps(asdict(stack), indent=2) + "\n")
     try:
         _wait_for_port(host, broker_port, broker, state_dir / "broker.log")

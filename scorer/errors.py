@@ -94,6 +94,7 @@ class RejectReason(enum.StrEnum):
     """Why a record went to the dead-letter topic. Values are stable: they are header values and labels."""
 
     EMPTY_VALUE = "empty_value"
+    RECORD_TOO_LARGE = "record_too_large"
     BAD_MAGIC_BYTE = "bad_magic_byte"
     TRUNCATED_FRAME = "truncated_frame"
     UNKNOWN_SCHEMA_ID = "unknown_schema_id"

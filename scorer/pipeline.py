@@ -69,6 +69,8 @@ outages are not here: those outputs are produced again, never dead-lettered."""
 
 PROGRESS_EVERY_S = 10.0
 IN_FLIGHT_POLL_S = 0.005
+MAX_DEAD_LETTER_VALUE = 900_000
+"""Dead letters carry the input value up to this size, under librdkafka's default message.max.bytes."""
 KEEP_ALIVE_AFTER_S = 1.0
 """A batch still scoring after this long pauses the partitions and keeps polling (see ``_score``)."""
 MAX_IN_FLIGHT = 4
@@ -117,7 +119,8 @@ class ScoringPipeline:
         """Load the model, check schemas, create clients. Every failure here names what to fix."""
         s = self.settings
         try:
-            self.bundle = load_bundle(Path(s.model), expected_sha256=s.model_sha256 or None)
+            trusted = [t.strip() for t in s.model_trusted_types.split(",") if t.strip()]
+            self.bundle = load_bundle(Path(s.model), expected_sha256=s.model_sha256 or None, trusted_types=trusted)
         except FileNotFoundError as exc:
             raise ConfigError("--model", str(exc)) from exc
         bundle = self.bundle
@@ -131,7 +134,7 @@ class ScoringPipeline:
         output_id = self._with_registry(lambda: self.registry.register(f"{s.output_topic}-value", output_schema))
         log.info("prediction schema registered under %s-value with id %d", s.output_topic, output_id)
 
-        self.decoder = FeatureDecoder(bundle.schema, s.id_field, self.registry.schema_text)
+        self.decoder = FeatureDecoder(bundle.schema, s.id_field, self.registry.schema_text, s.max_record_bytes)
         self.scorer = Scorer(bundle, s.id_field, s.unknown_categories, s.include_features)
         self.encoder = PredictionEncoder(output_schema, output_id)
         self._model_tag = f"{bundle.name}:{bundle.version}"
@@ -502,10 +505,14 @@ class ScoringPipeline:
         return OutputRecord(self.settings.output_topic, value, message.key(), headers, index)
 
     def _dead_letter(self, message: Message, ref: SourceRef, rejection: Rejection) -> OutputRecord:
+        """The input, unchanged, with the reason in headers; a value too large to produce is left out
+        (``scorer.value.omitted`` gives its size; the source topic and offset still lead to it)."""
         headers = dead_letter_headers(rejection, ref, self._model_tag, message.headers())
-        return OutputRecord(
-            self.settings.dead_letter_topic, message.value() or b"", message.key(), headers, rejection.index
-        )
+        value = message.value() or b""
+        if len(value) > MAX_DEAD_LETTER_VALUE:
+            headers.append(("scorer.value.omitted", str(len(value)).encode()))
+            value = b""
+        return OutputRecord(self.settings.dead_letter_topic, value, message.key(), headers, rejection.index)
 
     def _recreate_producer(self, reason: str) -> None:
         """A fatal producer error (e.g. the broker forgot the idempotent producer id): start a new one.

@@ -144,7 +144,11 @@ class Scorer:
         ok = self._validate(frame, positions, result.rejections)
         if not ok.all():
             frame, positions = frame[ok], positions[ok]
-        labels, probabilities, failed = self._predict_isolating(frame[self._columns])
+        features = frame[self._columns]
+        nullable_ints = [c for c in self._columns if isinstance(features[c].dtype, pd.Int64Dtype)]
+        if nullable_ints:  # the model sees NaN for a null, as it did in training (pandas reads nulls so)
+            features = features.astype(dict.fromkeys(nullable_ints, np.float64))
+        labels, probabilities, failed = self._predict_isolating(features)
         for row in np.flatnonzero(failed):
             result.rejections.append(
                 Rejection(int(positions[row]), RejectReason.MODEL_ERROR, failed_reason(failed[row]))
@@ -239,7 +243,7 @@ class Scorer:
     ) -> None:
         """Put the batch's outputs into ``result`` as columns of plain Python values."""
         result.scored_at = int(self._clock() * 1000)
-        result.ids = frame[self._id_field].tolist()
+        result.ids = _id_strings(frame[self._id_field])
         plain_labels = labels.tolist()
         if self.bundle.task == "regression":
             plain_labels = [float(v) for v in plain_labels]
@@ -264,6 +268,11 @@ class Scorer:
             convert = _PYTHON_TYPES[feature.type]
             columns[feature.name] = [None if _is_null(v) else convert(v) for v in frame[feature.name].tolist()]
         return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+
+
+def _id_strings(column: pd.Series) -> list[str]:
+    """Ids as text. Integer ids stay integers in the frame (nullable ``Int64``), so 7 is "7", never "7.0"."""
+    return [str(v) for v in column.tolist()]
 
 
 def _is_null(value: Any) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -73,3 +74,16 @@ def read_predictions(
 
 def duplicates(ids: list[str]) -> int:
     return sum(count - 1 for count in Counter(ids).values())
+
+
+def wait_for_outputs(bootstrap: str, topic: str, at_least: int, timeout_s: float = 60.0) -> int:
+    """Block until ``topic`` holds at least ``at_least`` records (a stop then lands mid-stream, even on a
+    loaded machine where a fixed sleep might end before the first batch)."""
+    deadline = time.monotonic() + timeout_s
+    count = 0
+    while time.monotonic() < deadline:
+        count = len(read_topic(bootstrap, topic, expected=at_least, timeout_s=1.0))
+        if count >= at_least:
+            return count
+        time.sleep(0.2)
+    raise AssertionError(f"only {count} records reached {topic} within {timeout_s} s")

@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import pytest
 from confluent_kafka.schema_registry import Schema
 
 from scorer.demo import feature_writer_schema
 from tests.fixtures.stack import read_topic
-from tests.integration.helpers import duplicates, produce_rows, read_predictions, scorer_env, start_scorer
+from tests.integration.helpers import (
+    duplicates,
+    produce_rows,
+    read_predictions,
+    scorer_env,
+    start_scorer,
+    wait_for_outputs,
+)
 
 pytestmark = pytest.mark.integration
 REAL_KAFKA = bool(os.environ.get("SCORER_TEST_BOOTSTRAP"))
@@ -56,7 +62,7 @@ def test_transactional_scorer_killed_mid_stream_loses_nothing(
     first = start_scorer(env, tmp_path, "first")
     first.wait_for_log("assigned", timeout_s=60)
     ids, _ = produce_rows(producer, registry_client, source, model, n=12_000, rate=3000, background=True)
-    time.sleep(1.5)
+    wait_for_outputs(stack.bootstrap, sink, at_least=1_200)
     first.sigkill()
     done = len(read_topic(stack.bootstrap, sink, expected=12_000, timeout_s=2))
     assert 0 < done < 12_000, f"the kill must land mid-stream ({done} scored)"

@@ -10,7 +10,14 @@ from confluent_kafka.schema_registry import Schema
 
 from scorer.demo import feature_writer_schema
 from tests.fixtures.stack import read_topic
-from tests.integration.helpers import duplicates, produce_rows, read_predictions, scorer_env, start_scorer
+from tests.integration.helpers import (
+    duplicates,
+    produce_rows,
+    read_predictions,
+    scorer_env,
+    start_scorer,
+    wait_for_outputs,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +38,7 @@ def _stop_mid_stream(scorer, stop, stack, sink, start_input) -> int:
     """
     scorer.wait_for_log("assigned", timeout_s=60)
     start_input()
-    time.sleep(1.5)
+    wait_for_outputs(stack.bootstrap, sink, at_least=RECORDS // 10)
     stop()
     done = len(read_topic(stack.bootstrap, sink, expected=RECORDS, timeout_s=2))
     assert 0 < done < RECORDS, f"the stop must land mid-stream, but {done} of {RECORDS} were scored"

@@ -80,7 +80,6 @@ def assert_decodes_like_fastavro(schema: dict[str, Any], bodies: list[bytes]) ->
 
 def test_layout_of_a_flat_record_of_every_supported_kind() -> None:
     schema = record_schema(
-        ("n", "null"),
         ("b", "boolean"),
         ("i", "int"),
         ("l", "long"),
@@ -93,13 +92,11 @@ def test_layout_of_a_flat_record_of_every_supported_kind() -> None:
         ("ns", ["null", "string"]),
         ("ts", {"type": "long", "logicalType": "timestamp-millis"}),
         ("day", {"type": "int", "logicalType": "date"}),
-        ("uid", {"type": "string", "logicalType": "uuid"}),
         ("nts", ["null", {"type": "long", "logicalType": "timestamp-micros"}]),
         ("plain", {"type": "string"}),
     )
     got = layout(schema)
     assert [(f.name, f.kind, f.null_branch) for f in got.fields] == [
-        ("n", "null", None),
         ("b", "boolean", None),
         ("i", "int", None),
         ("l", "long", None),
@@ -112,7 +109,6 @@ def test_layout_of_a_flat_record_of_every_supported_kind() -> None:
         ("ns", "string", 0),
         ("ts", "long", None),
         ("day", "int", None),
-        ("uid", "string", None),
         ("nts", "long", 0),
         ("plain", "string", None),
     ]
@@ -131,13 +127,18 @@ def test_layout_of_a_flat_record_of_every_supported_kind() -> None:
         "ln": 5,
         "ts": dt.datetime(2024, 1, 2, tzinfo=dt.UTC),
         "day": dt.date(2024, 1, 2),
-        "uid": "550e8400-e29b-41d4-a716-446655440000",
         "plain": "",
     }
     body = encode(schema, record)
     block = got.header + zigzag(1) + zigzag(len(body)) + body + got.sync  # a block of one record
     (read,) = fastavro.reader(io.BytesIO(block))
     assert read == fastavro_decode(schema, body)
+
+
+def test_layout_of_refuses_a_logical_type_on_a_field_the_reader_uses() -> None:
+    schema = record_schema(("ts", {"type": "long", "logicalType": "timestamp-millis"}), ("x", "double"))
+    assert layout_of(schema, used=["x"]) is not None
+    assert layout_of(schema, used=["ts", "x"]) is None
 
 
 NESTED = {"type": "record", "name": "Inner", "fields": [{"name": "x", "type": "long"}]}
@@ -160,6 +161,10 @@ NESTED = {"type": "record", "name": "Inner", "fields": [{"name": "x", "type": "l
         ["null", "long", "string"],
         ["long"],
         ["null"],
+        "null",  # polars cannot read a column of nulls
+        {"type": "string", "logicalType": "uuid"},  # fastavro reads a UUID object: only the per-record path
+        {"type": "bytes", "logicalType": "decimal", "precision": 10, "scale": 2},
+        {"type": "int", "logicalType": "time-millis"},  # polars keeps nanoseconds: sizes never match
         "com.example.SomeNamedType",
     ],
     ids=repr,
@@ -286,7 +291,7 @@ GENERATORS: dict[str, Callable[[np.random.Generator], Any]] = {
     "bytes": random_bytes,
 }
 
-RANDOM_SCHEMA = record_schema(  # no "null" field: polars cannot read one (see the test below)
+RANDOM_SCHEMA = record_schema(  # no "null" field: it has no layout (see the test below)
     ("b", "boolean"),
     ("i", "int"),
     ("l", "long"),
@@ -370,15 +375,17 @@ def test_decode_block_covers_every_edge_value_in_every_field_kind() -> None:
     assert frame.get_column("l").to_list()[1::2] == [None] * len(LONG_EDGES)
 
 
-def test_a_null_field_is_refused_or_decoded_as_none() -> None:
-    """layout_of takes "null" fields, but polars 1.x cannot read a Null column: the block path refuses, which
-    is safe (the caller decodes record by record). If polars learns it, the rows must be right."""
-    for schema, bodies in (
-        (record_schema(("n", "null"), ("also", "null")), [b"", b"", b""]),
-        (record_schema(("l", "long"), ("n", "null")), [b"\x02", b"\x04"]),
+def test_a_null_field_is_refused() -> None:
+    """polars cannot read a Null column, so a writer with a "null" field has no layout: the caller decodes it
+    record by record (fastavro reads None), whether the field comes first, alone or after others."""
+    for schema in (
+        record_schema(("n", "null"), ("also", "null")),
+        record_schema(("l", "long"), ("n", "null")),
+        record_schema(("n", "null"), ("l", "long")),
     ):
-        frame = decode_block(bodies, layout(schema))
-        assert frame is None or frame.to_dicts() == [fastavro_decode(schema, body) for body in bodies]
+        assert layout_of(schema) is None
+        assert layout_of(schema, used=["l"]) is None  # also when the reader does not keep it
+    assert fastavro_decode(record_schema(("l", "long"), ("n", "null")), b"\x04") == {"l": 2, "n": None}
 
 
 def test_decode_block_reads_logical_types_as_their_instants() -> None:
@@ -551,32 +558,71 @@ def test_every_body_decodes_alone_with_the_same_layout() -> None:
     assert [single.row(0, named=True) for single in singles if single is not None] == whole.to_dicts()
 
 
-# --- known bugs (reported, not fixed here) --------------------------------------------------------------------
+# --- bytes the size check cannot see: union branch indexes and boolean bytes --------------------------------
+#
+# Both take exactly one byte whatever their value, so a wrong one keeps every size right. polars reads them
+# leniently (branch 2 of a two-branch union, a boolean byte 2 as False where fastavro says True):
+# decode_block checks those bytes at their computed offsets and refuses the block.
 
 
-@pytest.mark.xfail(
-    reason="bug: polars reads a union branch index other than 0/1 without error, and the size check cannot see it",
-    strict=True,
-)
+@pytest.mark.parametrize("position", [0, 2, 5])
 @pytest.mark.parametrize(
     ("field_type", "bad"),
     [
-        (["null", "long"], b"\x04\x02"),  # branch 2: fastavro IndexError, decode_block {"u": 1}
-        (["long", "null"], b"\x03"),  # branch -2: fastavro EOFError, decode_block {"u": None}
+        (["null", "long"], b"\x04\x02"),  # branch 2: fastavro IndexError, polars {"u": 1}
+        (["long", "null"], b"\x03"),  # branch -2: fastavro EOFError, polars {"u": None}
+        (["null", "long"], b"\x03"),  # branch -2 of a null-first union
+        (["null", "long"], b"\x06\x02"),  # branch 3
+        (["string", "null"], b"\x04\x02a"),  # branch 2 before a string
     ],
 )
-def test_union_branch_index_out_of_range_is_refused(field_type: list[str], bad: bytes) -> None:
+def test_union_branch_index_out_of_range_is_refused(field_type: list[str], bad: bytes, position: int) -> None:
+    schema = record_schema(("l", "long"), ("u", field_type), ("s", "string"))
+    good = [encode(schema, {"l": n, "u": None if n % 2 else ("v" if "string" in field_type else n), "s": "x" * n})
+            for n in range(6)]  # fmt: skip
+    assert_decodes_like_fastavro(schema, good)
+    bodies = [*good]
+    bodies[position] = b"\x02" + bad + b"\x00"  # l = 1, the bad union, s = ""
+    assert_refused(schema, bodies)
+
+
+@pytest.mark.parametrize(
+    ("field_type", "bad"),
+    [
+        (["null", "long"], b"\x04\x02"),  # branch 2: fastavro IndexError
+        (["long", "null"], b"\x03"),  # branch -2: fastavro takes "long" (Python's index -2), then EOFError
+    ],
+)
+def test_union_branch_index_out_of_range_alone(field_type: list[str], bad: bytes) -> None:
     schema = record_schema(("u", field_type))
     with pytest.raises((IndexError, EOFError)):
         fastavro_decode(schema, bad)
     assert_refused(schema, [bad])
 
 
-@pytest.mark.xfail(
-    reason="bug: a boolean byte other than 0/1 decodes as False in polars but True in fastavro", strict=True
+@pytest.mark.parametrize("position", [0, 2, 5])
+@pytest.mark.parametrize("bad", [b"\x02", b"\xff", b"\x80"])
+@pytest.mark.parametrize(
+    ("field_type", "prefix"), [("boolean", b""), (["null", "boolean"], b"\x02"), (["boolean", "null"], b"\x00")]
 )
-@pytest.mark.parametrize("bad", [b"\x02", b"\xff"])
-def test_boolean_byte_other_than_0_or_1_decodes_as_fastavro_or_is_refused(bad: bytes) -> None:
-    schema = record_schema(("b", "boolean"))
-    frame = decode_block([bad], layout(schema))
-    assert frame is None or frame.to_dicts() == [fastavro_decode(schema, bad)]
+def test_boolean_byte_other_than_0_or_1_is_refused(field_type: Any, prefix: bytes, bad: bytes, position: int) -> None:
+    schema = record_schema(("s", "string"), ("b", field_type), ("l", "long"))
+    good = [encode(schema, {"s": "é" * n, "b": n % 2 == 0, "l": -n}) for n in range(6)]
+    assert_decodes_like_fastavro(schema, good)
+    bodies = [*good]
+    bodies[position] = b"\x02a" + prefix + bad + b"\x01"  # s = "a", the bad boolean, l = -1
+    assert fastavro_decode(schema, bodies[position]) == {"s": "a", "b": True, "l": -1}  # fastavro: any non-zero
+    assert_refused(schema, bodies)
+    assert_refused(schema, [bodies[position]])
+
+
+def test_null_booleans_and_null_unions_need_no_value_byte() -> None:
+    """The byte checks skip a null's missing value byte, so nulls next to booleans still decode."""
+    schema = record_schema(("nb", ["null", "boolean"]), ("b", "boolean"), ("bn", ["boolean", "null"]))
+    records = [
+        {"nb": None, "b": True, "bn": None},
+        {"nb": False, "b": False, "bn": True},
+        {"nb": True, "b": True, "bn": False},
+        {"nb": None, "b": False, "bn": None},
+    ]
+    assert_decodes_like_fastavro(schema, [encode(schema, r) for r in records])
