@@ -139,6 +139,29 @@ def test_layout_of_refuses_a_logical_type_on_a_field_the_reader_uses() -> None:
     schema = record_schema(("ts", {"type": "long", "logicalType": "timestamp-millis"}), ("x", "double"))
     assert layout_of(schema, used=["x"]) is not None
     assert layout_of(schema, used=["ts", "x"]) is None
+    nullable = record_schema(("x", "double"), ("day", ["null", {"type": "int", "logicalType": "date"}]))
+    assert layout_of(nullable) is not None
+    assert layout_of(nullable, used=["day"]) is None
+    assert layout_of(record_schema(("ts", {"type": "long", "logicalType": "timestamp-millis"})), used=["x"]) is not None
+
+
+@pytest.mark.parametrize(
+    "field_type",
+    [
+        {"type": "string", "logicalType": "uuid"},
+        ["null", {"type": "string", "logicalType": "uuid"}],
+        {"type": "bytes", "logicalType": "decimal", "precision": 10, "scale": 2},
+        {"type": "int", "logicalType": "time-millis"},
+        {"type": "long", "logicalType": "time-micros"},
+        ["null", {"type": "long", "logicalType": "time-micros"}],
+        "null",
+    ],
+    ids=repr,
+)
+def test_layout_of_refuses_these_types_even_on_a_field_the_reader_drops(field_type: Any) -> None:
+    schema = record_schema(("x", "double"), ("dropped", field_type))
+    assert layout_of(schema, used=["x"]) is None
+    assert layout_of(record_schema(("x", "double")), used=["x"]) is not None
 
 
 NESTED = {"type": "record", "name": "Inner", "fields": [{"name": "x", "type": "long"}]}
