@@ -59,12 +59,13 @@ def _settings(cls: type[Any], args: argparse.Namespace) -> Any:
 
 def _setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # its request lines would log registry URLs
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    settings: RunSettings = _settings(RunSettings, args)  # first: a wrong setting fails before slow imports
     from scorer.pipeline import ScoringPipeline  # noqa: PLC0415 - keeps `scorer --help` fast
 
-    settings: RunSettings = _settings(RunSettings, args)
     _setup_logging(settings.log_level)
     log.info("settings: %r", settings)
     pipeline = ScoringPipeline(settings)
@@ -76,9 +77,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    settings: EvaluateSettings = _settings(EvaluateSettings, args)
     from scorer.sidecar import EvaluationSidecar  # noqa: PLC0415
 
-    settings: EvaluateSettings = _settings(EvaluateSettings, args)
     _setup_logging(settings.log_level)
     log.info("settings: %r", settings)
     sidecar = EvaluationSidecar(settings)
@@ -153,10 +154,11 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
-    from scorer.devregistry import serve  # noqa: PLC0415
+    from scorer.devregistry import read_users_file, serve  # noqa: PLC0415
 
     _setup_logging()
-    serve(args.host, args.port, args.state_dir)
+    users = read_users_file(args.users_file) if args.users_file else None
+    serve(args.host, args.port, args.state_dir, users=users, tls_cert=args.tls_cert, tls_key=args.tls_key)
     return 0
 
 
@@ -250,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     registry.add_argument("--host", default="127.0.0.1")
     registry.add_argument("--port", type=int, default=8081)
     registry.add_argument("--state-dir", type=Path, default=Path(".scorer/registry"))
+    registry.add_argument("--users-file", type=Path, help="user:password lines: require HTTP basic auth")
+    registry.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate (PEM)")
+    registry.add_argument("--tls-key", type=Path, help="the certificate's key, if not in the certificate file")
     registry.set_defaults(handler=cmd_registry)
 
     dev = sub.add_parser("dev", help="start/stop the embedded dev broker and registry on loopback")

@@ -25,7 +25,7 @@ import polars as pl
 
 from scorer.avroblock import BlockLayout, decode_block, layout_of
 from scorer.errors import RegistryError, RegistryUnavailable, RejectReason, SchemaError
-from scorer.schema import TrainingSchema, check_readable
+from scorer.schema import TrainingSchema, check_readable, pandas_column, without_logical_types
 from scorer.types import Rejection
 
 __all__ = [
@@ -183,22 +183,10 @@ class FeatureDecoder:
                 records.append(record)
                 kept.append(position)
         index = pd.Index(kept, dtype=np.int64)
-        data = {name: self._column([r.get(name) for r in records], name, index) for name in self._columns}
+        data = {
+            name: pandas_column([r.get(name) for r in records], self._kinds.get(name), index) for name in self._columns
+        }
         return pd.DataFrame(data, index=index, copy=False)
-
-    def _column(self, values: list[Any], name: str, index: pd.Index) -> pd.Series:
-        """One column from decoded records, typed exactly as the columnar path types it."""
-        kind = self._kinds.get(name)
-        if kind is None:  # the id, when it is not a feature: text, or None when missing
-            return pd.Series([None if v is None else str(v) for v in values], index=index, dtype=object)
-        has_null = any(v is None for v in values)
-        if kind == "long":
-            return pd.Series(values, index=index, dtype="Int64" if has_null else np.int64)
-        if kind == "double":
-            return pd.Series([np.nan if v is None else v for v in values], index=index, dtype=np.float64)
-        if kind == "boolean" and not has_null:
-            return pd.Series(values, index=index, dtype=bool)
-        return pd.Series(values, index=index, dtype=object)
 
     def _resolve(self, block: pl.DataFrame, positions: list[int]) -> pd.DataFrame:
         """Avro schema resolution on columns: pick the reader's fields by name and promote their types.
@@ -253,7 +241,7 @@ class FeatureDecoder:
                 incompatible=f"schema id {schema_id} cannot be read as the training schema: " + "; ".join(differences)
             )
         else:
-            writer_json = json.loads(writer_text)
+            writer_json = without_logical_types(json.loads(writer_text))
             reader = self._training.reader_schema(self._id_field, writer=writer_json)
             entry = _WriterEntry(
                 writer=fastavro.parse_schema(writer_json),

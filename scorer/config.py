@@ -40,7 +40,15 @@ __all__ = [
 
 T = TypeVar("T")
 ENV_PREFIX = "SCORER_"
-_SECRET_WORDS = ("password", "secret", "sasl.oauthbearer.config", "ssl.key.pem", "basic.auth")
+_SECRET_WORDS = (
+    "password",
+    "passphrase",
+    "secret",
+    "private.key",
+    "sasl.oauthbearer.config",
+    "ssl.key.pem",
+    "basic.auth",
+)
 REDACTED = "***"
 OTHER_ENVIRONMENT = frozenset({"SCORER_STATE_DIR", "SCORER_CONFIG"})
 """SCORER_* variables read elsewhere (dev stack state, config file path): not errors."""
@@ -53,6 +61,14 @@ def setting(help: str, default: Any = dataclasses.MISSING, **extra: Any) -> Any:
         value = default
         return field(default_factory=lambda: type(value)(value), metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+def _without_userinfo(url: str) -> str:
+    """``https://user:pw@host`` as ``https://***@host``: credentials in a URL are secrets too."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        return f"{scheme}://{REDACTED}@{rest.split('@', 1)[1]}"
+    return url
 
 
 def is_secret(key: str) -> bool:
@@ -90,6 +106,7 @@ class KafkaSettings:
     def __repr__(self) -> str:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         values["schema_registry_basic_auth"] = REDACTED if self.schema_registry_basic_auth else ""
+        values["schema_registry_url"] = _without_userinfo(self.schema_registry_url)
         values["kafka_config"] = redact(self.kafka_config)
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in values.items())})"
 
@@ -334,7 +351,7 @@ def _kafka_config(
     )
     if properties:
         merged.update(_read_properties(Path(properties)))
-    merged.update({str(k): str(v) for k, v in file_table.items()})
+    merged.update(_dotted(file_table))
     prefix = ENV_PREFIX + "KAFKA_"
     for key, value in environ.items():
         if key.startswith(prefix) and key not in (env_name("kafka_config_file"), env_name("kafka_config")):
@@ -350,6 +367,18 @@ def _kafka_config(
             )
         merged[key.strip()] = value.strip()
     return merged
+
+
+def _dotted(table: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """TOML reads an unquoted ``sasl.password = "x"`` as nested tables: flatten them back to dotted keys."""
+    flat: dict[str, str] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_dotted(value, f"{name}."))
+        else:
+            flat[name] = str(value).lower() if isinstance(value, bool) else str(value)
+    return flat
 
 
 def _read_properties(path: Path) -> dict[str, str]:

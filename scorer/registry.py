@@ -39,6 +39,11 @@ def _translated(what: str) -> Iterator[None]:
     try:
         yield
     except SchemaRegistryError as exc:
+        if exc.http_status_code in (401, 403):  # a setting to fix, not an outage to wait out
+            raise ConfigError(
+                "--schema-registry-basic-auth / SCORER_SCHEMA_REGISTRY_BASIC_AUTH",
+                f"the registry refused the credentials for {what} (HTTP {exc.http_status_code})",
+            ) from exc
         raise RegistryError(f"{what}: {exc.error_message}", exc.http_status_code, exc.error_code) from exc
     except Exception as exc:  # noqa: BLE001 - the client raises httpx transport errors, OSError or timeouts
         raise RegistryUnavailable(

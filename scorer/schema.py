@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import avro.errors
 import avro.schema
+import numpy as np
 import pandas as pd
 from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
 
@@ -33,7 +34,9 @@ __all__ = [
     "check_readable",
     "label_schema",
     "load_contract",
+    "pandas_column",
     "prediction_schema",
+    "without_logical_types",
 ]
 
 AvroPrimitive = Literal["double", "long", "boolean", "string"]
@@ -264,4 +267,37 @@ def prediction_schema(training: TrainingSchema, label_type: str, include_feature
     if include_features:
         features = training.to_avro(name="PredictionFeatures", namespace="scorer")
         schema["fields"].append({"name": "features", "type": features, "doc": "The input features as scored."})
+    return schema
+
+
+def pandas_column(values: list[Any], kind: str | None, index: pd.Index) -> pd.Series:
+    """A decoded column typed by its training type, the same way whichever path decoded it.
+
+    ``kind`` None means the id (text, None when missing). Longs with a null become pandas' nullable
+    ``Int64`` (exact; float64 would round above 2**53), doubles float64 with NaN, booleans with a null
+    and strings object columns (pandas' arrow-backed ``str`` dtype slows scikit-learn's encoders).
+    """
+    if kind is None:
+        return pd.Series([None if v is None else str(v) for v in values], index=index, dtype=object)
+    has_null = any(v is None for v in values)
+    if kind == "long":
+        return pd.Series(values, index=index, dtype="Int64" if has_null else np.int64)
+    if kind == "double":
+        return pd.Series([np.nan if v is None else v for v in values], index=index, dtype=np.float64)
+    if kind == "boolean" and not has_null:
+        return pd.Series(values, index=index, dtype=bool)
+    return pd.Series(values, index=index, dtype=object)
+
+
+def without_logical_types(schema: Any) -> Any:
+    """``schema`` with every ``logicalType`` annotation removed.
+
+    The reader (training) schema has no logical types, and Avro reads an annotated value as its plain
+    type when the reader does not ask for the annotation; fastavro would otherwise hand back dates,
+    datetimes and UUIDs, and polars its own types, where the model expects the numbers and text.
+    """
+    if isinstance(schema, list):
+        return [without_logical_types(branch) for branch in schema]
+    if isinstance(schema, dict):
+        return {key: without_logical_types(value) for key, value in schema.items() if key != "logicalType"}
     return schema

@@ -23,6 +23,7 @@ import pandas as pd
 
 from scorer.bundle import ModelBundle
 from scorer.errors import RejectReason
+from scorer.schema import pandas_column
 from scorer.types import Rejection
 
 __all__ = ["ScoreResult", "Scorer"]
@@ -163,14 +164,12 @@ class Scorer:
         return result
 
     def _frame(self, rows: Sequence[dict[str, Any]], indices: Sequence[int] | None) -> pd.DataFrame:
-        """Records as dicts to the frame the decoder would give (ids as strings, positions as index)."""
-        positions = pd.Index(indices if indices is not None else range(len(rows)), dtype=np.int64)
-        # dict.fromkeys: the id may itself be a feature, and a duplicate column would break the checks
-        columns = list(dict.fromkeys([*self._columns, self._id_field]))
-        frame = pd.DataFrame.from_records(list(rows), columns=columns, index=positions)
-        ids = [row.get(self._id_field) for row in rows]
-        frame[self._id_field] = pd.Series([None if v is None else str(v) for v in ids], index=positions, dtype=object)
-        return frame
+        """Records as dicts to the frame the decoder would give (same column types, positions as index)."""
+        index = pd.Index(indices if indices is not None else range(len(rows)), dtype=np.int64)
+        kinds = {f.name: f.type for f in self.bundle.schema.features}
+        columns = list(dict.fromkeys([*self._columns, self._id_field]))  # the id may itself be a feature
+        data = {name: pandas_column([row.get(name) for row in rows], kinds.get(name), index) for name in columns}
+        return pd.DataFrame(data, index=index, copy=False)
 
     def _validate(self, frame: pd.DataFrame, positions: np.ndarray, rejections: list[Rejection]) -> np.ndarray:
         """Checks Avro cannot express, a few vectorised passes per batch; returns the mask of rows that pass.

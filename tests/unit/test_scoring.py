@@ -655,11 +655,6 @@ def include_features_bundle() -> ModelBundle:
     return build_bundle(estimator, frame, "churn", "hgb", "1")
 
 
-@pytest.mark.xfail(
-    reason="bug: Scorer.score(dict rows) builds its frame with DataFrame.from_records, which makes a long column "
-    "holding a None float64, so 2**53 + 1 is echoed as 2**53 (decoded frames are exact: see the test below)",
-    strict=True,
-)
 def test_include_features_echoes_large_nullable_longs_exactly() -> None:
     bundle = include_features_bundle()
     rows = [{"x1": 0.1, "visits": None, "id": "a"}, {"x1": 0.1, "visits": 2**53 + 1, "id": "b"}]
