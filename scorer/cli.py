@@ -114,6 +114,29 @@ def cmd_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sample(args: argparse.Namespace) -> int:
+    settings: KafkaSettings = _settings(KafkaSettings, args)
+    from scorer.sample import sample_topic, write_table  # noqa: PLC0415
+
+    _setup_logging("WARNING")
+    frame = sample_topic(settings, args.topic, args.count)
+    if args.out:
+        write_table(frame, args.out)
+        print(f"{len(frame)} records of {args.topic} written to {args.out}")
+    elif frame.empty:
+        print(f"{args.topic} is empty")
+    else:
+        with pd_options():
+            print(frame.to_string(index=False))
+    return 0
+
+
+def pd_options() -> Any:
+    import pandas as pd  # noqa: PLC0415
+
+    return pd.option_context("display.width", 250, "display.max_columns", None, "display.max_colwidth", 48)
+
+
 def cmd_bundle(args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415
 
@@ -223,6 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
     labels.add_argument("--rate", type=float, help="labels per second (default: as fast as possible)")
     add_settings_arguments(labels, KafkaSettings)
     labels.set_defaults(handler=cmd_labels)
+
+    sample = sub.add_parser(
+        "sample", help="print the latest records of a topic (predictions, labels, dead letters), or save them"
+    )
+    sample.add_argument("--topic", required=True)
+    sample.add_argument("--count", type=int, default=10, help="records per partition (default 10)")
+    sample.add_argument("--out", type=Path, help="write them to a .csv or .parquet file instead")
+    add_settings_arguments(sample, KafkaSettings)
+    sample.set_defaults(handler=cmd_sample)
 
     bundle = sub.add_parser("bundle", help="make a model bundle from a joblib model and its training data")
     bundle.add_argument("model", type=Path, metavar="MODEL.joblib", help="a fitted scikit-learn estimator or Pipeline")
