@@ -5,11 +5,21 @@ feeds joined rows to :class:`Evaluator` and the metrics collector calls :meth:`E
 scrape time.
 
 Why hand-written: ``sklearn.metrics`` recomputes from the full set of rows on each call. A rolling window
-needs to add one row and remove the oldest on each arrival, so, as in river's ``Rolling`` and
+needs to add rows and remove the oldest on each arrival, so, as in river's ``Rolling`` and
 ``TimeRolling``, each task has an accumulator with ``update(y_true, y_pred)`` and ``revert(y_true,
 y_pred)``, and a window wrapper decides what enters and leaves. Even so, ``sklearn.metrics`` on exactly the
 rows in a window is the oracle: every value here must equal it to 1e-9 relative (see
 ``docs/score-model-semantics.md``).
+
+Batches: the sidecar must keep up with the scorer (tens of thousands of rows a second on two cores), which
+per-row Python updates of three windows cannot do. So rows are applied in batches: :class:`Evaluator`
+stages up to 1024 valid rows (or takes a whole consumed batch through :meth:`Evaluator.add_many`), and each
+window then works out, with numpy, which rows enter and which leave, and hands both sets to its accumulator
+in one ``apply(added, removed)`` call. Every accumulator's state depends only on the multiset of rows in its
+window, never on the order they came in, and is kept exactly, so a batch gives bit for bit the state that
+the same rows one at a time would have given. Anything that reads an evaluator applies the staged rows
+first, so readers never see a half-applied batch. Rows are kept as numpy record arrays (a few dozen bytes
+a row) rather than as Python tuples in deques and heaps.
 
 Exactness, and what each accumulator keeps:
 
@@ -17,21 +27,25 @@ Exactness, and what each accumulator keeps:
   units of 2**-2148, the smallest power of two of which every double and the square of every double is an
   integer multiple. Update and revert are then exact, so long-running windows never drift (a float running
   sum loses small terms after a large value has entered and left), and each reported mean is the correctly
-  rounded value of the exact mean. Each add costs a few big-integer operations on a few thousand bits.
-- AUC: per window, two hash multisets, score -> count, for the positive and the negative rows. Update and
-  revert are O(1). At snapshot time the negative scores are sorted once with numpy and the positives are
-  located with ``searchsorted``: O(k log k) vectorised for k distinct scores (a few ms for 100k rows). The
-  snapshot runs every ~15 s, and rows arrive thousands of times as often, so this beats keeping a sorted
-  structure up to date in pure Python on every row. The result is the Mann-Whitney statistic with ties
-  counted as one half. It equals the trapezoidal ROC area that ``roc_auc_score`` computes, ties included,
-  and it is computed in exact integer arithmetic.
-- RAE needs Σ|y - mean(y)| while the mean moves: a multiset y -> count is kept (O(1) update and revert),
-  and at snapshot time one vectorised pass computes Σ count·|y - mean| with the correctly rounded mean.
-  This gives exactly what ``np.abs(y - y.mean()).sum()`` gives, up to float rounding, with no approximation.
-  RSE and R² use Σ(y - mean)² = Σy² - (Σy)²/n, evaluated exactly on the integer sums.
+  rounded value of the exact mean. A batch is summed without a big-integer operation per row: each double
+  is an integer mantissa times a power of two (``np.frexp``); mantissas that share an exponent are summed
+  in int64, split into pieces small enough that those sums cannot overflow, and only the few distinct
+  exponents of a batch cost a big-integer shift and add (see :func:`_exact_sums`).
+- AUC: per window, two multisets of scores, for the positive and the negative rows, each kept as sorted
+  distinct scores with counts plus the batches added and removed since (:class:`_Multiset`); the pending
+  batches are merged in with one numpy sort when they outnumber the merged scores, or when read, so update
+  and revert cost amortised O(log n) per row. At snapshot time the positives are located among the sorted
+  negatives with ``searchsorted``: O(k log k) vectorised for k distinct scores (a few ms for 100k rows).
+  The result is the Mann-Whitney statistic with ties counted as one half. It equals the trapezoidal ROC
+  area that ``roc_auc_score`` computes, ties included, and it is computed in exact integer arithmetic.
+- RAE needs Σ|y - mean(y)| while the mean moves: a multiset of y is kept (as for AUC), and at snapshot time
+  one vectorised pass computes Σ count·|y - mean| with the correctly rounded mean. This gives exactly what
+  ``np.abs(y - y.mean()).sum()`` gives, up to float rounding, with no approximation. RSE and R² use
+  Σ(y - mean)² = Σy² - (Σy)²/n, evaluated exactly on the integer sums.
+- Log-loss terms are computed once per row, when the row is converted, and stored with it, so a revert
+  subtracts exactly the term that the update added (see :meth:`BinaryMetrics.rows`).
 
 Undefined values are ``float('nan')``, never 0, so a dashboard can tell "no data" from "bad model":
-
 - An empty window gives nan for every ratio and 0 for counts.
 - Binary: precision is nan when nothing is predicted positive, and recall is nan when no positive
   label is in the window. These match sklearn's ``zero_division=np.nan``; sklearn's default warns and
@@ -50,10 +64,9 @@ Undefined values are ``float('nan')``, never 0, so a dashboard can tell "no data
 from __future__ import annotations
 
 import functools
-import heapq
 import math
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import numpy as np
@@ -79,6 +92,8 @@ Task = Literal["binary", "multiclass", "regression"]
 _NAN = float("nan")
 _SHIFT = 2148  # every double, and the square of every double, is an integer multiple of 2**-2148
 _EPS = float(np.finfo(np.float64).eps)  # sklearn's log_loss clips to [eps, 1 - eps] for float64 input
+_STAGED_ROWS = 1024  # Evaluator.add applies staged rows in batches of this many
+_SUM_CHUNK = 1 << 24  # most values _exact_sums adds in one pass: keeps its int64 group sums below 2**63
 
 _YT = TypeVar("_YT", contravariant=True)
 _YP = TypeVar("_YP", contravariant=True)
@@ -116,7 +131,17 @@ class EvalRow(Protocol):
 
 
 class RollingMetric(Protocol[_YT, _YP]):
-    """An accumulator a window can add rows to and take them out of again."""
+    """An accumulator a window can add rows to and take them out of again.
+
+    ``rows`` converts values to the accumulator's record array (``dtype``); windows keep rows in that form
+    and hand them back to ``apply`` when they leave. ``update`` and ``revert`` are the one-row forms.
+    """
+
+    dtype: np.dtype[Any]
+
+    def rows(self, y_true: Sequence[_YT], y_pred: Sequence[_YP]) -> np.ndarray: ...
+
+    def apply(self, added: np.ndarray, removed: np.ndarray) -> None: ...
 
     def update(self, y_true: _YT, y_pred: _YP) -> None: ...
 
@@ -125,16 +150,55 @@ class RollingMetric(Protocol[_YT, _YP]):
     def get(self) -> dict[str, float]: ...
 
 
-def _units(x: float) -> int:
-    """``x`` as an exact integer count of 2**-_SHIFT (``x`` must be finite)."""
-    num, den = x.as_integer_ratio()
-    return num << (_SHIFT + 1 - den.bit_length())
+def _exact_sums(added: np.ndarray, removed: np.ndarray, squares: bool = False) -> tuple[int, int]:
+    """``Σ added - Σ removed`` and, if asked, the same for the squares, exactly, in units of 2**-_SHIFT.
 
+    Values must be finite. Why not ``sum(units(x))``: a big-integer conversion and add per row is what made
+    regression windows slow. Instead, with ``x = f·2**e`` (``np.frexp``, 0.5 <= |f| < 1), every x is the
+    integer ``m = f·2**53`` times ``2**(e - 53)``. Rows are grouped by exponent and, per group, m and the
+    limbs of m² are summed in int64 (pieces sized so that up to ``_SUM_CHUNK`` rows cannot overflow). Only
+    the group totals, one per distinct exponent (a few dozen in a batch), become Python integers.
+    """
+    if len(added) + len(removed) > _SUM_CHUNK:
+        parts = [(added[i : i + _SUM_CHUNK], removed[:0]) for i in range(0, len(added), _SUM_CHUNK)]
+        parts += [(added[:0], removed[i : i + _SUM_CHUNK]) for i in range(0, len(removed), _SUM_CHUNK)]
+        sums = [_exact_sums(a, r, squares) for a, r in parts]
+        return sum(s for s, _ in sums), sum(q for _, q in sums)
+    values = np.concatenate((added, removed)).astype(np.float64, copy=False)
+    if not len(values):
+        return 0, 0
+    fraction, exponent = np.frexp(values)
+    mantissa = (fraction * 2.0**53).astype(np.int64)  # exact: |mantissa| < 2**53
+    sign = np.ones(len(values), dtype=np.int64)
+    sign[len(added) :] = -1
+    order = np.argsort(exponent.astype(np.int16), kind="stable")  # |e| <= 1074: a fast radix sort on int16
+    exponent, mantissa, sign = exponent[order], mantissa[order], sign[order]
+    starts = np.flatnonzero(np.concatenate(([True], exponent[1:] != exponent[:-1])))
+    exponents = exponent[starts].tolist()
 
-def _square_units(x: float) -> int:
-    """``x * x``, computed exactly, as an integer count of 2**-_SHIFT."""
-    num, den = x.as_integer_ratio()
-    return (num * num) << (_SHIFT + 2 - 2 * den.bit_length())
+    def group_sums(pieces: list[np.ndarray]) -> list[list[int]]:
+        return [np.add.reduceat(piece, starts).tolist() for piece in pieces]
+
+    # signed mantissa = high·2**26 + low with 0 <= low < 2**26 and |high| <= 2**27.
+    signed = sign * mantissa
+    high, low = group_sums([signed >> 26, signed & (2**26 - 1)])
+    total = 0
+    for e, h, lo in zip(exponents, high, low, strict=True):
+        total += ((h << 26) + lo) << (e - 53 + _SHIFT)  # e >= -1073, so the shift is never negative
+    if not squares:
+        return total, 0
+    # |m| = a·2**36 + b·2**18 + c with a < 2**17 and b, c < 2**18, so that
+    # m² = a²·2**72 + 2ab·2**54 + (2ac + b²)·2**36 + 2bc·2**18 + c², every coefficient below 2**37.
+    m = np.abs(mantissa)
+    a, b, c = m >> 36, (m >> 18) & (2**18 - 1), m & (2**18 - 1)
+    limbs = group_sums([sign * a * a, sign * 2 * a * b, sign * (2 * a * c + b * b), sign * 2 * b * c, sign * c * c])
+    total_squares = 0
+    for g, e in enumerate(exponents):
+        group = sum(limb[g] << shift for limb, shift in zip(limbs, (72, 54, 36, 18, 0), strict=True))
+        shift = 2 * e - 106 + _SHIFT
+        # Below zero only for the smallest subnormals, whose squares are still whole units: exact.
+        total_squares += group << shift if shift >= 0 else group >> -shift
+    return total, total_squares
 
 
 def _mean(units: int, n: int) -> float:
@@ -146,9 +210,9 @@ def _ratio(num: int, den: int) -> float:
     return num / den if den else _NAN
 
 
-def _bump(counts: dict[Any, int], key: object, sign: int) -> None:
-    """Add ``sign`` to ``counts[key]``, deleting the key at zero so that dict size tracks the window."""
-    value = counts.get(key, 0) + sign
+def _bump(counts: dict[Any, int], key: object, delta: int) -> None:
+    """Add ``delta`` to ``counts[key]``, deleting the key at zero so that dict size tracks the window."""
+    value = counts.get(key, 0) + delta
     if value:
         counts[key] = value
     else:
@@ -156,33 +220,82 @@ def _bump(counts: dict[Any, int], key: object, sign: int) -> None:
 
 
 def _to_float(x: Any) -> float | None:
+    if type(x) is float:
+        return x
     try:
         return float(x)
     except (TypeError, ValueError):
         return None
 
 
-def _log_loss_term(y_true: bool, p: float) -> float:
-    """One row of ``sklearn.metrics.log_loss`` for binary input: clip the class probability, then -log."""
-    q = p if y_true else 1.0 - p
-    return -math.log(min(max(q, _EPS), 1.0 - _EPS))
+class _Multiset:
+    """A multiset of floats, changed by batches of added and removed values, read as sorted distinct values.
+
+    Why not a dict value -> count, as before: that costs a Python-level update and about 100 bytes per
+    distinct value. Here a batch is one appended array. Pending batches are merged into the sorted arrays
+    with one numpy sort when they outnumber the merged values (or when read), which costs amortised
+    O(log n) per value, and the merged form takes 16 bytes per distinct value.
+    """
+
+    _MIN_MERGE = 4096  # pending values below this never trigger a merge on their own
+
+    def __init__(self) -> None:
+        self._values = np.empty(0, dtype=np.float64)  # sorted, distinct
+        self._counts = np.empty(0, dtype=np.int64)  # positive
+        self._added: list[np.ndarray] = []
+        self._removed: list[np.ndarray] = []
+        self._pending = 0
+
+    def update(self, added: np.ndarray, removed: np.ndarray) -> None:
+        """Add the values in ``added`` and remove those in ``removed`` (which must be present)."""
+        if len(added):
+            self._added.append(added)
+        if len(removed):
+            self._removed.append(removed)
+        self._pending += len(added) + len(removed)
+        if self._pending > max(len(self._values), self._MIN_MERGE):
+            self._merge()
+
+    def sorted(self) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct values in ascending order, and how many times each is present."""
+        self._merge()
+        return self._values, self._counts
+
+    def _merge(self) -> None:
+        if not self._pending:
+            return
+        # Three sorted runs (merged, added, removed), which a stable sort merges in linear time.
+        added = np.sort(np.concatenate(self._added)) if self._added else self._values[:0]
+        removed = np.sort(np.concatenate(self._removed)) if self._removed else self._values[:0]
+        values = np.concatenate((self._values, added, removed))
+        counts = np.concatenate(
+            (self._counts, np.ones(len(added), dtype=np.int64), np.full(len(removed), -1, dtype=np.int64))
+        )
+        self._added, self._removed, self._pending = [], [], 0
+        order = np.argsort(values, kind="stable")
+        values, counts = values[order], counts[order]
+        # -0.0 == 0.0, so they count as one value, as they did as dict keys.
+        starts = np.flatnonzero(np.concatenate(([True], values[1:] != values[:-1])))
+        counts = np.add.reduceat(counts, starts) if len(values) else counts
+        live = counts != 0
+        self._values, self._counts = values[starts][live], counts[live]
 
 
-def _auc(pos: dict[float, int], neg: dict[float, int]) -> float:
+def _auc(pos: _Multiset, neg: _Multiset) -> float:
     """Exact ROC AUC from score multisets: P(score+ > score-) + P(tie) / 2."""
-    if not pos or not neg:
+    neg_scores, neg_counts = neg.sorted()
+    pos_scores, pos_counts = pos.sorted()
+    if not len(pos_scores) or not len(neg_scores):
         return _NAN
-    neg_scores = np.fromiter(neg.keys(), dtype=np.float64, count=len(neg))
-    neg_counts = np.fromiter(neg.values(), dtype=np.int64, count=len(neg))
-    order = np.argsort(neg_scores)
-    neg_scores = neg_scores[order]
-    cumulative = np.concatenate(([0], np.cumsum(neg_counts[order])))
-    pos_scores = np.fromiter(pos.keys(), dtype=np.float64, count=len(pos))
-    pos_counts = np.fromiter(pos.values(), dtype=np.int64, count=len(pos))
+    cumulative = np.concatenate(([0], np.cumsum(neg_counts)))
     below = cumulative[np.searchsorted(neg_scores, pos_scores, side="left")]
     through = cumulative[np.searchsorted(neg_scores, pos_scores, side="right")]
     twice_u = int(np.dot(pos_counts, below + through))  # 2·below + ties; int64 is exact below ~3e9 rows
     return twice_u / (2 * int(cumulative[-1]) * int(pos_counts.sum()))
+
+
+def _one_row(metric: RollingMetric[Any, Any], y_true: object, y_pred: object) -> np.ndarray:
+    return metric.rows([y_true], [y_pred])
 
 
 class BinaryMetrics:
@@ -206,33 +319,54 @@ class BinaryMetrics:
         1.0
     """
 
+    dtype = np.dtype([("positive", np.bool_), ("p", np.float64), ("loss", np.float64)])
+
     def __init__(self, threshold: float = 0.5) -> None:
         self.threshold = threshold
         self.tn = self.fp = self.fn = self.tp = 0
         self._loss = 0  # Σ log-loss terms, exact units
-        self._pos: dict[float, int] = {}  # score -> count, positive rows
-        self._neg: dict[float, int] = {}
+        self._pos = _Multiset()  # scores of the positive rows
+        self._neg = _Multiset()
+
+    def rows(self, y_true: Sequence[bool], y_pred: Sequence[float]) -> np.ndarray:
+        """Records for :meth:`apply`: is the label positive, P(positive), and the row's log-loss term.
+
+        The term is sklearn's ``log_loss`` for one row: clip the probability of the true class to
+        [eps, 1 - eps], then -log. It is stored with the row so that a revert subtracts exactly what the
+        update added.
+        """
+        rows = np.empty(len(y_true), dtype=self.dtype)
+        rows["positive"] = y_true
+        rows["p"] = y_pred
+        p = rows["p"]
+        rows["loss"] = -np.log(np.clip(np.where(rows["positive"], p, 1.0 - p), _EPS, 1.0 - _EPS))
+        return rows
 
     def update(self, y_true: bool, y_pred: float) -> None:
         """Add a row; ``y_pred`` is the probability of the positive class, in [0, 1]."""
-        self._apply(y_true, y_pred, 1)
+        self.apply(_one_row(self, y_true, y_pred), _one_row(self, y_true, y_pred)[:0])
 
     def revert(self, y_true: bool, y_pred: float) -> None:
         """Remove a row previously added with :meth:`update`."""
-        self._apply(y_true, y_pred, -1)
+        self.apply(_one_row(self, y_true, y_pred)[:0], _one_row(self, y_true, y_pred))
 
-    def _apply(self, y_true: bool, p: float, sign: int) -> None:
-        if p >= self.threshold:
-            if y_true:
-                self.tp += sign
-            else:
-                self.fp += sign
-        elif y_true:
-            self.fn += sign
-        else:
-            self.tn += sign
-        self._loss += sign * _units(_log_loss_term(y_true, p))
-        _bump(self._pos if y_true else self._neg, p, sign)
+    def apply(self, added: np.ndarray, removed: np.ndarray) -> None:
+        """Add the ``added`` rows and remove the ``removed`` ones (records from :meth:`rows`)."""
+        for rows, sign in ((added, 1), (removed, -1)):
+            if not len(rows):
+                continue
+            positive = rows["positive"]
+            predicted = rows["p"] >= self.threshold
+            tp = int(np.count_nonzero(positive & predicted))
+            positives = int(np.count_nonzero(positive))
+            predicted_positives = int(np.count_nonzero(predicted))
+            self.tp += sign * tp
+            self.fn += sign * (positives - tp)
+            self.fp += sign * (predicted_positives - tp)
+            self.tn += sign * (len(rows) - positives - predicted_positives + tp)
+        self._loss += _exact_sums(added["loss"], removed["loss"])[0]
+        self._pos.update(added["p"][added["positive"]], removed["p"][removed["positive"]])
+        self._neg.update(added["p"][~added["positive"]], removed["p"][~removed["positive"]])
 
     def score_buckets(self, bounds: Sequence[float]) -> dict[bool, tuple[list[int], float]]:
         """Per true class: cumulative counts of scores <= each bound, and the sum of scores.
@@ -242,11 +376,9 @@ class BinaryMetrics:
         edges = np.asarray(bounds, dtype=np.float64)
         result = {}
         for positive, multiset in ((True, self._pos), (False, self._neg)):
-            scores = np.fromiter(multiset.keys(), dtype=np.float64, count=len(multiset))
-            counts = np.fromiter(multiset.values(), dtype=np.int64, count=len(multiset))
-            order = np.argsort(scores)
-            cumulative = np.concatenate([[0], np.cumsum(counts[order])])
-            below = np.searchsorted(scores[order], edges, side="right")
+            scores, counts = multiset.sorted()
+            cumulative = np.concatenate([[0], np.cumsum(counts)])
+            below = np.searchsorted(scores, edges, side="right")
             result[positive] = (cumulative[below].tolist(), float(np.dot(scores, counts)))
         return result
 
@@ -269,6 +401,28 @@ class BinaryMetrics:
         }
 
 
+class _ClassCodes:
+    """Class names <-> small integer codes, so that multiclass rows fit in a record array.
+
+    One instance is shared by the windows of an :class:`Evaluator`, so that a row means the same in each.
+    """
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self._codes: dict[str, int] = {}
+
+    def codes(self, names: Iterable[str]) -> list[int]:
+        known = self._codes
+        result = []
+        for name in names:
+            code = known.get(name)
+            if code is None:
+                code = known[name] = len(self.names)
+                self.names.append(name)
+            result.append(code)
+        return result
+
+
 class MulticlassMetrics:
     """Multiclass metrics from ``(actual, predicted)`` class names; keeps the confusion matrix.
 
@@ -283,28 +437,55 @@ class MulticlassMetrics:
         1
     """
 
-    def __init__(self) -> None:
+    dtype = np.dtype([("actual", np.int32), ("predicted", np.int32)])
+
+    def __init__(self, class_codes: _ClassCodes | None = None) -> None:
         self.n = 0
+        self._class_codes = class_codes if class_codes is not None else _ClassCodes()
         self._confusion: dict[tuple[str, str], int] = {}
         self._true: dict[str, int] = {}
         self._pred: dict[str, int] = {}
         self._tp: dict[str, int] = {}
 
+    def rows(self, y_true: Sequence[str], y_pred: Sequence[str]) -> np.ndarray:
+        """Records for :meth:`apply`: the actual and predicted classes as codes."""
+        rows = np.empty(len(y_true), dtype=self.dtype)
+        rows["actual"] = self._class_codes.codes(y_true)
+        rows["predicted"] = self._class_codes.codes(y_pred)
+        return rows
+
     def update(self, y_true: str, y_pred: str) -> None:
         """Add a row."""
-        self._apply(y_true, y_pred, 1)
+        self._bump_cell(y_true, y_pred, 1)
 
     def revert(self, y_true: str, y_pred: str) -> None:
         """Remove a row previously added with :meth:`update`."""
-        self._apply(y_true, y_pred, -1)
+        self._bump_cell(y_true, y_pred, -1)
 
-    def _apply(self, actual: str, predicted: str, sign: int) -> None:
-        self.n += sign
-        _bump(self._confusion, (actual, predicted), sign)
-        _bump(self._true, actual, sign)
-        _bump(self._pred, predicted, sign)
+    def apply(self, added: np.ndarray, removed: np.ndarray) -> None:
+        """Add the ``added`` rows and remove the ``removed`` ones: one dict update per distinct cell."""
+        names = self._class_codes.names
+        for rows, sign in ((added, 1), (removed, -1)):
+            if not len(rows):
+                continue
+            k = len(names)
+            cells = rows["actual"].astype(np.int64) * k + rows["predicted"]
+            if k * k <= 1 << 16:  # bincount is ~20x faster than unique, but allocates every cell
+                counts = np.bincount(cells, minlength=k * k)
+                distinct = np.flatnonzero(counts)
+                counts = counts[distinct]
+            else:
+                distinct, counts = np.unique(cells, return_counts=True)
+            for cell, count in zip(distinct.tolist(), counts.tolist(), strict=True):
+                self._bump_cell(names[cell // k], names[cell % k], sign * count)
+
+    def _bump_cell(self, actual: str, predicted: str, delta: int) -> None:
+        self.n += delta
+        _bump(self._confusion, (actual, predicted), delta)
+        _bump(self._true, actual, delta)
+        _bump(self._pred, predicted, delta)
         if actual == predicted:
-            _bump(self._tp, actual, sign)
+            _bump(self._tp, actual, delta)
 
     @property
     def confusion(self) -> dict[tuple[str, str], int]:
@@ -343,30 +524,44 @@ class RegressionMetrics:
         (0.5, 0.5, 0.3, 0.7)
     """
 
+    dtype = np.dtype([("y", np.float64), ("y_hat", np.float64)])
+
     def __init__(self) -> None:
         self.n = 0
         self._sum_y = 0  # all sums in exact units of 2**-_SHIFT
         self._sum_y2 = 0
         self._sum_abs = 0
         self._sum_sq = 0
-        self._ys: dict[float, int] = {}  # multiset of y, for Σ|y - mean|
+        self._ys = _Multiset()  # for Σ|y - mean|
+
+    def rows(self, y_true: Sequence[float], y_pred: Sequence[float]) -> np.ndarray:
+        """Records for :meth:`apply`."""
+        rows = np.empty(len(y_true), dtype=self.dtype)
+        rows["y"] = y_true
+        rows["y_hat"] = y_pred
+        return rows
 
     def update(self, y_true: float, y_pred: float) -> None:
         """Add a row."""
-        self._apply(y_true, y_pred, 1)
+        self.apply(_one_row(self, y_true, y_pred), _one_row(self, y_true, y_pred)[:0])
 
     def revert(self, y_true: float, y_pred: float) -> None:
         """Remove a row previously added with :meth:`update`."""
-        self._apply(y_true, y_pred, -1)
+        self.apply(_one_row(self, y_true, y_pred)[:0], _one_row(self, y_true, y_pred))
 
-    def _apply(self, y: float, y_hat: float, sign: int) -> None:
-        error = y - y_hat  # rounded like sklearn's ``y_true - y_pred``
-        self.n += sign
-        self._sum_y += sign * _units(y)
-        self._sum_y2 += sign * _square_units(y)
-        self._sum_abs += sign * _units(abs(error))
-        self._sum_sq += sign * _square_units(error)
-        _bump(self._ys, y, sign)
+    def apply(self, added: np.ndarray, removed: np.ndarray) -> None:
+        """Add the ``added`` rows and remove the ``removed`` ones (records from :meth:`rows`)."""
+        self.n += len(added) - len(removed)
+        sum_y, sum_y2 = _exact_sums(added["y"], removed["y"], squares=True)
+        # |y - ŷ| rounded like sklearn's ``y_true - y_pred``; its square is (y - ŷ)².
+        sum_abs, sum_sq = _exact_sums(
+            np.abs(added["y"] - added["y_hat"]), np.abs(removed["y"] - removed["y_hat"]), squares=True
+        )
+        self._sum_y += sum_y
+        self._sum_y2 += sum_y2
+        self._sum_abs += sum_abs
+        self._sum_sq += sum_sq
+        self._ys.update(added["y"], removed["y"])
 
     def sums(self) -> dict[str, float]:
         """Window sums that add up across replicas: fleet MAE = Σ abs_error_sum / Σ rows, and so on."""
@@ -386,9 +581,8 @@ class RegressionMetrics:
         scaled_sst = (self._sum_y2 * n << _SHIFT) - self._sum_y * self._sum_y
         rse = _ratio(self._sum_sq * n << _SHIFT, scaled_sst)
         mean = _mean(self._sum_y, n)
-        ys = np.fromiter(self._ys.keys(), dtype=np.float64, count=len(self._ys))
-        counts = np.fromiter(self._ys.values(), dtype=np.float64, count=len(self._ys))
-        sat = float(np.dot(counts, np.abs(ys - mean)))
+        ys, counts = self._ys.sorted()
+        sat = float(np.dot(counts.astype(np.float64), np.abs(ys - mean)))
         sum_abs = self._sum_abs / (1 << _SHIFT)
         return {
             "mae": _mean(self._sum_abs, n),
@@ -416,8 +610,16 @@ def window_name(*, rows: int | None = None, seconds: int | None = None) -> str:
     return f"{seconds}s"
 
 
+def _concat(parts: list[np.ndarray], dtype: np.dtype[Any]) -> np.ndarray:
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
+
+
 class CountWindow(Generic[_T, _P]):
-    """The last ``size`` rows in arrival order; the oldest is reverted when a new row arrives.
+    """The last ``size`` rows in arrival order; the oldest are reverted when new rows arrive.
+
+    Rows are kept as the record arrays of the batches they came in, oldest first.
 
     Args:
         size: How many rows the window holds.
@@ -437,26 +639,105 @@ class CountWindow(Generic[_T, _P]):
         self.size = size
         self.metric = metric
         self.name = window_name(rows=size)
-        self._rows: deque[tuple[_T, _P]] = deque()
+        self._batches: deque[np.ndarray] = deque()
+        self._len = 0
 
     def update(self, y_true: _T, y_pred: _P, event_time_ms: int) -> bool:
         """Add a row (``event_time_ms`` is unused here); always returns True (the row was added)."""
-        if len(self._rows) == self.size:
-            self.metric.revert(*self._rows.popleft())
-        self._rows.append((y_true, y_pred))
-        self.metric.update(y_true, y_pred)
+        self.update_many(_one_row(self.metric, y_true, y_pred), np.array([event_time_ms], dtype=np.int64))
         return True
 
+    def update_many(self, rows: np.ndarray, event_times_ms: np.ndarray) -> int:
+        """Add rows (records of ``metric``) in arrival order; returns how many were added (all of them).
+
+        Only the last ``size`` of the batch can stay, so the others are never applied: adding and then
+        reverting them would leave the exact accumulator as it was.
+        """
+        entering = rows[-self.size :]
+        excess = self._len + len(entering) - self.size
+        leaving = []
+        while excess > 0:
+            oldest = self._batches[0]
+            if len(oldest) <= excess:
+                leaving.append(self._batches.popleft())
+            else:
+                leaving.append(oldest[:excess])
+                self._batches[0] = oldest[excess:]
+            excess -= len(leaving[-1])
+        self.metric.apply(entering, _concat(leaving, rows.dtype))
+        if len(entering):
+            self._batches.append(entering)
+        self._len += len(entering) - sum(len(part) for part in leaving)
+        return len(rows)
+
     def __len__(self) -> int:
-        return len(self._rows)
+        return self._len
+
+
+def _tail(array: np.ndarray, start: int) -> np.ndarray:
+    """``array[start:]``, copied once it is less than half of the buffer it views.
+
+    So a run whose rows are leaving does not keep its whole buffer alive: memory stays within twice the rows
+    held, for O(1) amortised copying per row.
+    """
+    tail = array[start:]
+    buffer = tail.base  # numpy points every slice of a slice at the array that owns the memory
+    return tail.copy() if isinstance(buffer, np.ndarray) and 2 * len(tail) < len(buffer) else tail
+
+
+class _EventTimeRuns:
+    """Rows with their event times, as a few runs each sorted by event time, so the oldest can leave cheaply.
+
+    Why not a heap of rows (as before): a heap costs two Python-level operations and about 150 bytes per
+    row. A batch comes in as one sorted run. While the previous run is at most twice as long as the new one,
+    the two are merged (with numpy's stable sort, which merges two sorted runs in linear time), so run
+    lengths fall geometrically: there are O(log n) runs, and each row is merged O(log n) times. Expiring
+    cuts the prefix at or below the horizon off each run with ``searchsorted``. Rows arriving out of
+    event-time order cost no more than rows in order.
+    """
+
+    def __init__(self, dtype: np.dtype[Any]) -> None:
+        self._dtype = dtype
+        self._runs: list[tuple[np.ndarray, np.ndarray]] = []  # (event times ascending, rows), oldest run first
+        self.size = 0
+
+    def add(self, event_times_ms: np.ndarray, rows: np.ndarray) -> None:
+        if not len(rows):
+            return
+        self.size += len(rows)
+        order = np.argsort(event_times_ms, kind="stable")
+        times, rows = event_times_ms[order], rows[order]
+        while self._runs and len(self._runs[-1][0]) <= 2 * len(times):
+            older_times, older_rows = self._runs.pop()
+            times = np.concatenate((older_times, times))
+            order = np.argsort(times, kind="stable")
+            times, rows = times[order], np.concatenate((older_rows, rows))[order]
+        self._runs.append((times, rows))
+
+    def remove_through(self, horizon_ms: int) -> np.ndarray:
+        """Remove and return the rows whose event time is at or before ``horizon_ms``."""
+        leaving = []
+        kept = []
+        for times, rows in self._runs:
+            cut = int(np.searchsorted(times, horizon_ms, side="right"))
+            if cut:
+                leaving.append(rows[:cut])
+                times, rows = _tail(times, cut), _tail(rows, cut)
+            if len(times):
+                kept.append((times, rows))
+        self._runs = kept
+        removed = _concat(leaving, self._dtype)
+        self.size -= len(removed)
+        return removed
 
 
 class TimeWindow(Generic[_T, _P]):
     """Rows whose event time lies in ``(watermark - seconds, watermark]``, watermark = max event time seen.
 
-    Rows may arrive out of event-time order. A heap ordered by event time finds the rows that leave when the
-    watermark advances, in O(log n) per row. A row that is already older than the window when it arrives is
-    not added. It is counted in ``late_rows``.
+    Rows may arrive out of event-time order. A row that is already older than the window when it arrives
+    (against the watermark at its arrival, even within a batch) is not added. It is counted in
+    ``late_rows``. Rows are kept in a few runs sorted by event time (:class:`_EventTimeRuns`), so the rows
+    that leave when the watermark advances are found in amortised O(log n) per row.
 
     Args:
         seconds: Span of the window in event time.
@@ -479,27 +760,36 @@ class TimeWindow(Generic[_T, _P]):
         self.watermark_ms: int | None = None
         self.late_rows = 0
         self._span_ms = seconds * 1000
-        self._seq = 0  # tie-breaker so the heap never compares labels
-        self._heap: list[tuple[int, int, _T, _P]] = []
+        self._rows = _EventTimeRuns(metric.dtype)
 
     def update(self, y_true: _T, y_pred: _P, event_time_ms: int) -> bool:
         """Advance the watermark if needed, then add the row unless it is late; True if it was added."""
-        if self.watermark_ms is None or event_time_ms > self.watermark_ms:
-            self.watermark_ms = event_time_ms
-            horizon = event_time_ms - self._span_ms
-            while self._heap and self._heap[0][0] <= horizon:
-                _, _, old_true, old_pred = heapq.heappop(self._heap)
-                self.metric.revert(old_true, old_pred)
-        if event_time_ms <= self.watermark_ms - self._span_ms:
-            self.late_rows += 1
-            return False
-        self._seq += 1
-        heapq.heappush(self._heap, (event_time_ms, self._seq, y_true, y_pred))
-        self.metric.update(y_true, y_pred)
-        return True
+        return bool(self.update_many(_one_row(self.metric, y_true, y_pred), np.array([event_time_ms], np.int64)))
+
+    def update_many(self, rows: np.ndarray, event_times_ms: np.ndarray) -> int:
+        """Add rows (records of ``metric``) in arrival order; returns how many were not late.
+
+        The same as adding them one at a time: a row is late against the running maximum of the event times
+        before it, and a row that would have entered and left within the batch is never applied.
+        """
+        if not len(rows):
+            return 0
+        watermarks = np.maximum.accumulate(event_times_ms)
+        if self.watermark_ms is not None:
+            watermarks = np.maximum(watermarks, self.watermark_ms)
+        late = int(np.count_nonzero(event_times_ms <= watermarks - self._span_ms))
+        self.late_rows += late
+        self.watermark_ms = int(watermarks[-1])
+        horizon = self.watermark_ms - self._span_ms
+        leaving = self._rows.remove_through(horizon)
+        stays = event_times_ms > horizon  # false for every late row too: their times are <= an earlier horizon
+        entering = rows[stays]
+        self.metric.apply(entering, leaving)
+        self._rows.add(event_times_ms[stays], entering)
+        return len(rows) - late
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return self._rows.size
 
 
 class Evaluator:
@@ -514,6 +804,11 @@ class Evaluator:
 
     For binary rows the probability of ``positive_class`` is read from ``scored_probabilities`` when it
     holds that class, else from ``scored_probability``, which is taken to be P(positive class).
+
+    Valid rows are staged and applied to the windows in batches (see the module docstring): :meth:`add`
+    applies them every 1024 rows, :meth:`add_many` at the end of each call, and every reader (snapshot,
+    metric, confusion, late rows) applies what is staged first, so what it reads is as if each row had been
+    applied on arrival.
 
     Args:
         task: ``"binary"``, ``"multiclass"`` or ``"regression"``.
@@ -563,7 +858,7 @@ class Evaluator:
             make = functools.partial(BinaryMetrics, threshold)
         elif task == "multiclass":
             self._convert = self._multiclass_row
-            make = MulticlassMetrics
+            make = functools.partial(MulticlassMetrics, _ClassCodes())  # one code table for every window
         else:
             self._convert = self._regression_row
             make = RegressionMetrics
@@ -581,6 +876,10 @@ class Evaluator:
         self._windows = {w.name: w for w in windows}
         if len(self._windows) != len(windows):
             raise ConfigError("time_windows_s", f"window names collide: {[w.name for w in windows]}")
+        self._rows = windows[0].metric.rows  # converts staged values to records; the same for every window
+        self._staged_true: list[Any] = []  # valid rows not yet applied to the windows
+        self._staged_pred: list[Any] = []
+        self._staged_times: list[int] = []
 
     def _validate(self) -> None:
         if self.task not in ("binary", "multiclass", "regression"):
@@ -613,24 +912,58 @@ class Evaluator:
     @property
     def late_rows(self) -> dict[str, int]:
         """Per time window, rows that were older than the window when they arrived."""
+        self._apply_staged()
         return {name: w.late_rows for name, w in self._windows.items() if isinstance(w, TimeWindow)}
 
     def add(self, row: EvalRow) -> bool:
         """Add a joined row to every window; False if the row was invalid (and counted)."""
-        converted = self._convert(row)
-        if isinstance(converted, str):
-            self.invalid_rows[converted] = self.invalid_rows.get(converted, 0) + 1
-            return False
+        valid = self._stage((row,)) == 1
+        if len(self._staged_times) >= _STAGED_ROWS:
+            self._apply_staged()
+        return valid
+
+    def add_many(self, rows: Iterable[EvalRow]) -> int:
+        """Add joined rows, in arrival order, to every window in one batch; returns how many were valid.
+
+        The same as :meth:`add` on each row, but faster: the sidecar hands over each consumed batch.
+        """
+        valid = self._stage(rows)
+        self._apply_staged()
+        return valid
+
+    def _stage(self, rows: Iterable[EvalRow]) -> int:
+        convert, invalid = self._convert, self.invalid_rows
+        stage_true, stage_pred = self._staged_true.append, self._staged_pred.append
+        stage_time = self._staged_times.append
+        valid = 0
+        for row in rows:
+            values = convert(row)
+            if type(values) is str:
+                invalid[values] = invalid.get(values, 0) + 1
+            else:
+                stage_true(values[0])
+                stage_pred(values[1])
+                stage_time(row.event_time_ms)
+                valid += 1
+        return valid
+
+    def _apply_staged(self) -> None:
+        if not self._staged_times:
+            return
+        rows = self._rows(self._staged_true, self._staged_pred)
+        times = np.array(self._staged_times, dtype=np.int64)
+        self._staged_true, self._staged_pred, self._staged_times = [], [], []
         for window in self._windows.values():
-            window.update(converted[0], converted[1], row.event_time_ms)
-        return True
+            window.update_many(rows, times)
 
     def snapshot(self) -> dict[str, dict[str, float]]:
         """Metrics per window name, plus ``window_rows``: the number of rows in the window."""
+        self._apply_staged()
         return {name: {**w.metric.get(), "window_rows": float(len(w))} for name, w in self._windows.items()}
 
     def metric(self, window: str) -> BinaryMetrics | MulticlassMetrics | RegressionMetrics:
         """The accumulator of one window, for the additive series (confusion cells, sums, score buckets)."""
+        self._apply_staged()
         return self._windows[window].metric  # type: ignore[return-value]
 
     def confusion_cells(self, window: str) -> dict[tuple[str, str], int]:
@@ -659,6 +992,7 @@ class Evaluator:
         metric = self._windows[window].metric
         if not isinstance(metric, MulticlassMetrics):
             raise ValueError(f"confusion() is for multiclass evaluation, this one is {self.task}")
+        self._apply_staged()
         return metric.confusion
 
     def _binary_row(self, row: EvalRow) -> tuple[bool, float] | str:
@@ -666,11 +1000,12 @@ class Evaluator:
         if self._class_set is not None and label not in self._class_set:
             return "unknown_class"
         p: Any = None
-        probabilities = row.prediction.scored_probabilities
+        prediction = row.prediction
+        probabilities = prediction.scored_probabilities
         if probabilities is not None:
             p = probabilities.get(self._positive)
         if p is None:
-            p = row.prediction.scored_probability
+            p = prediction.scored_probability
         if p is None:
             return "missing_probability"
         probability = _to_float(p)

@@ -9,6 +9,11 @@ need one keyed buffer per side with at-least-once dedup. Two ``OrderedDict``\\ s
 arrival order, so the oldest entry is always at the front) give O(1) amortised expiry and eviction without
 a framework.
 
+Memory: with the default ``max_pending`` of a million, pending predictions are most of the sidecar's
+memory, so each is kept as one flat tuple (see :meth:`LabelJoiner._pack`), not as the
+:class:`PredictionFacts` with its own probability dict that came in: about half the bytes. A joined row
+carries an equal, rebuilt :class:`PredictionFacts`.
+
 Rules:
 
 - Whichever side arrives first waits for the other, for at most ``ttl_ms`` of processing time and in a
@@ -32,6 +37,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["JoinCounts", "JoinedRow", "LabelJoiner", "PredictionFacts"]
 
@@ -84,6 +90,16 @@ class JoinCounts:
     pending_labels: int = 0
 
 
+_MAX_SHARED = 4096  # most distinct names, labels and class sets a LabelJoiner shares between pending entries
+
+
+def _unpack(id: str, packed: tuple[Any, ...]) -> PredictionFacts:
+    """The :class:`PredictionFacts` that :meth:`LabelJoiner._pack` packed (equal, not the same object)."""
+    _arrival_ms, model_name, model_version, scored_label, scored_probability, classes = packed[:6]
+    probabilities = None if classes is None else dict(zip(classes, packed[6:], strict=True))
+    return PredictionFacts(id, model_name, model_version, scored_label, scored_probability, probabilities)
+
+
 def _same_label(a: object, b: object) -> bool:
     """Label equality where NaN equals NaN, so a redelivered NaN label is a duplicate, not a conflict."""
     if a == b:
@@ -131,9 +147,10 @@ class LabelJoiner:
         self._max_pending = max_pending
         self._max_remembered = max_remembered
         self._now_ms: int | None = None
-        # id -> (prediction, arrival_ms) and id -> (label, event_time_ms, arrival_ms), oldest first.
-        self._predictions: OrderedDict[str, tuple[PredictionFacts, int]] = OrderedDict()
+        # id -> packed prediction (arrival_ms first) and id -> (label, event_time_ms, arrival_ms), oldest first.
+        self._predictions: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
         self._labels: OrderedDict[str, tuple[object, int, int]] = OrderedDict()
+        self._shared: dict[Any, Any] = {}  # see _pack
         self._joined: OrderedDict[str, object] = OrderedDict()  # id -> label that won
         self._predictions_seen = 0
         self._labels_seen = 0
@@ -168,7 +185,7 @@ class LabelJoiner:
         if len(self._predictions) >= self._max_pending:
             self._predictions.popitem(last=False)
             self._evicted_predictions += 1
-        self._predictions[p.id] = (p, now)
+        self._predictions[p.id] = self._pack(p, now)
         return None
 
     def add_label(self, id: str, label: object, event_time_ms: int, now_ms: int) -> JoinedRow | None:
@@ -194,7 +211,7 @@ class LabelJoiner:
             return None
         waiting = self._predictions.pop(id, None)
         if waiting is not None:
-            return self._join(waiting[0], label, event_time_ms)
+            return self._join(_unpack(id, waiting), label, event_time_ms)
         if len(self._labels) >= self._max_pending:
             self._labels.popitem(last=False)
             self._evicted_labels += 1
@@ -223,12 +240,36 @@ class LabelJoiner:
             pending_labels=len(self._labels),
         )
 
+    def _pack(self, p: PredictionFacts, now_ms: int) -> tuple[Any, ...]:
+        """``(arrival_ms, model_name, model_version, scored_label, scored_probability, classes, *probabilities)``.
+
+        ``classes`` is ``None`` when there is no probability map, else the map's keys as a tuple. A 2-class
+        prediction then takes a 104-byte tuple, where the :class:`PredictionFacts`, its dict and an
+        ``(facts, arrival)`` pair took 320 bytes.
+
+        Decoded records each carry their own copies of the few distinct model names, versions, class
+        labels and sets of classes; an entry keeps one shared copy of each (about 50 bytes a string). The
+        table of shared values stops growing at ``_MAX_SHARED``, so a stream of distinct labels cannot
+        grow it without bound.
+        """
+        share = self._shared.setdefault if len(self._shared) < _MAX_SHARED else self._shared.get
+        label = p.scored_label
+        if type(label) is str:
+            label = share(label, label)
+        name, version = share(p.model_name, p.model_name), share(p.model_version, p.model_version)
+        probabilities = p.scored_probabilities
+        if probabilities is None:
+            return (now_ms, name, version, label, p.scored_probability, None)
+        classes = tuple(probabilities)
+        return (now_ms, name, version, label, p.scored_probability, share(classes, classes), *probabilities.values())
+
     def _advance(self, now_ms: int) -> int:
-        now = now_ms if self._now_ms is None else max(self._now_ms, now_ms)
-        self._now_ms = now
+        if self._now_ms is not None and now_ms <= self._now_ms:
+            return self._now_ms  # the clock has not moved, so nothing new can have expired
+        now = self._now_ms = now_ms
         deadline = now - self._ttl_ms
         # Both buffers are in arrival order, so expiry stops at the first live entry: amortised O(1).
-        while self._predictions and next(iter(self._predictions.values()))[1] < deadline:
+        while self._predictions and next(iter(self._predictions.values()))[0] < deadline:
             self._predictions.popitem(last=False)
             self._expired_predictions += 1
         while self._labels and next(iter(self._labels.values()))[2] < deadline:

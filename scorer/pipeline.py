@@ -107,7 +107,10 @@ class ScoringPipeline:
         self._stopping = False
         self._collected: list[Message] = []
         self._inflight: deque[_InFlight] = deque()
-        self._refused: dict[tuple[int, int], str] = {}  # exactly-once: source (partition, offset) -> reason
+        self._refused: dict[tuple[int, int], str] = {}
+        self._source_headers: dict[
+            tuple[str, int], tuple[tuple[str, bytes], tuple[str, bytes]]
+        ] = {}  # exactly-once: source (partition, offset) -> reason
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer-model")
         self._scoring = False
         self._counts = {"consumed": 0, "scored": 0, "rejected": 0}
@@ -291,18 +294,17 @@ class ScoringPipeline:
         encoded = self.encoder.encode_scores(result)
         t_encoded = time.perf_counter()
 
-        outputs = [
-            self._prediction_output(i, messages[i], refs[i], value)
-            for i, value in zip(result.indices, encoded, strict=True)
-            if (refs[i].partition, refs[i].offset) not in self._refused
-        ]
+        outputs = self._prediction_outputs(result.indices, encoded, messages, refs)
         rejections = decoded.rejections + result.rejections
-        for i in result.indices:  # exactly-once retry: predictions the broker refused before
-            reason = self._refused.pop((refs[i].partition, refs[i].offset), None)
-            if reason is not None:
+        if self._refused:  # exactly-once retry: predictions the broker refused before become dead letters
+            refused = {i for i in result.indices if (refs[i].partition, refs[i].offset) in self._refused}
+            outputs = [record for record in outputs if record.source_index not in refused]
+            for i in sorted(refused):
+                reason = self._refused.pop((refs[i].partition, refs[i].offset))
                 rejections.append(Rejection(i, RejectReason.OUTPUT_REJECTED, reason))
-        outputs += [self._dead_letter(messages[r.index], refs[r.index], r) for r in rejections]
-        outputs.sort(key=lambda record: record.source_index)
+        if rejections:
+            outputs += [self._dead_letter(messages[r.index], refs[r.index], r) for r in rejections]
+            outputs.sort(key=lambda record: record.source_index)
         for stage, seconds in (
             ("decode", t_decoded - started),
             ("score", t_scored - t_decoded),
@@ -496,13 +498,24 @@ class ScoringPipeline:
         self._counts["scored"] += scored
         self._counts["rejected"] += len(batch.rejections)
 
-    def _prediction_output(self, index: int, message: Message, ref: SourceRef, value: bytes) -> OutputRecord:
-        headers = [
-            ("scorer.source.topic", ref.topic.encode()),
-            ("scorer.source.partition", str(ref.partition).encode()),
-            ("scorer.source.offset", str(ref.offset).encode()),
-        ]
-        return OutputRecord(self.settings.output_topic, value, message.key(), headers, index)
+    def _prediction_outputs(
+        self, indices: list[int], encoded: list[bytes], messages: list[Message], refs: list[SourceRef]
+    ) -> list[OutputRecord]:
+        """Prediction records with the input's key and ``scorer.source.*`` headers, in input order."""
+        topic = self.settings.output_topic
+        source = self._source_headers
+        outputs = []
+        for i, value in zip(indices, encoded, strict=True):
+            ref = refs[i]
+            fixed = source.get((ref.topic, ref.partition))
+            if fixed is None:  # the topic and partition headers are the same for every record: build once
+                fixed = source[(ref.topic, ref.partition)] = (
+                    ("scorer.source.topic", ref.topic.encode()),
+                    ("scorer.source.partition", b"%d" % ref.partition),
+                )
+            headers = [fixed[0], fixed[1], ("scorer.source.offset", b"%d" % ref.offset)]
+            outputs.append(OutputRecord(topic, value, messages[i].key(), headers, i))
+        return outputs
 
     def _dead_letter(self, message: Message, ref: SourceRef, rejection: Rejection) -> OutputRecord:
         """The input, unchanged, with the reason in headers; a value too large to produce is left out

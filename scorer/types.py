@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from scorer.errors import RejectReason
 
 __all__ = ["Rejection", "SourceRef"]
 
 
-@dataclass(frozen=True, slots=True)
-class SourceRef:
-    """Where an input record came from. For files and HTTP, ``topic`` names the source and ``offset`` the row."""
+class SourceRef(NamedTuple):
+    """Where an input record came from. For files and HTTP, ``topic`` names the source and ``offset`` the row.
+
+    A named tuple (immutable like the dataclasses here, but several times cheaper to build): there is one
+    per input record on the hot path.
+    """
 
     topic: str
     partition: int
