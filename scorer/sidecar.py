@@ -27,6 +27,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from scorer.codec import RecordDecoder
 from scorer.config import EvaluateSettings
+from scorer.errors import RegistryUnavailable
 from scorer.evaluation import BinaryMetrics, Evaluator, RegressionMetrics
 from scorer.join import JoinedRow, LabelJoiner, PredictionFacts
 from scorer.kafka import create_consumer
@@ -103,9 +104,14 @@ class EvaluationSidecar:
             return  # older than the rebuild span: a broker that cannot seek by time hands it to us anyway
         self._clock_ms = max(self._clock_ms, timestamp)
         topic = message.topic()
-        decoded = retry_unavailable(
-            lambda: self.decoder.decode(message.value()), lambda: self._stopping, lambda exc, _b: log.warning("%s", exc)
-        )
+        try:
+            decoded = self.decoder.decode(message.value())
+        except RegistryUnavailable:  # a new schema id while the registry is down: wait for it, with backoff
+            decoded = retry_unavailable(
+                lambda: self.decoder.decode(message.value()),
+                lambda: self._stopping,
+                lambda exc, _b: log.warning("%s", exc),
+            )
         if isinstance(decoded, tuple):
             self._count_invalid(topic, decoded[0].value)
             return

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
+from scorer import evaluation
 from scorer.errors import ConfigError
 from scorer.evaluation import (
     BinaryMetrics,
@@ -401,3 +402,133 @@ def test_confusion_is_multiclass_only() -> None:
         ev.confusion("last_1000")
     with pytest.raises(KeyError):
         Evaluator("multiclass").confusion("2h")
+
+
+# --------------------------------------------------------------------------- batches and exact sums
+
+
+def units(x: float) -> int:
+    """Reference: ``x`` as an exact integer count of 2**-2148, one big-integer conversion per value."""
+    num, den = x.as_integer_ratio()
+    return num << (2148 + 1 - den.bit_length())
+
+
+def square_units(x: float) -> int:
+    num, den = x.as_integer_ratio()
+    return (num * num) << (2148 + 2 - 2 * den.bit_length())
+
+
+EXTREMES = [
+    0.0,
+    -0.0,
+    5e-324,
+    -5e-324,
+    2.5e-323,
+    2.2250738585072014e-308,
+    1e-200,
+    1.0,
+    -1.5,
+    1e300,
+    -1.7976931348623157e308,
+]
+
+
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_exact_sums_equal_big_integer_sums(monkeypatch: pytest.MonkeyPatch, chunk: int | None) -> None:
+    if chunk is not None:
+        monkeypatch.setattr(evaluation, "_SUM_CHUNK", chunk)  # the path for batches over 2**24 values
+    rng = np.random.default_rng(5)
+    added = np.concatenate([rng.normal(0, 1, 300) * 10.0 ** rng.integers(-300, 300, 300), EXTREMES])
+    removed = np.concatenate([rng.normal(100, 20, 200), EXTREMES[::2], 2.0 ** rng.integers(-1074, 1023, 50)])
+    total, squares = evaluation._exact_sums(added, removed, squares=True)
+    assert total == sum(map(units, added.tolist())) - sum(map(units, removed.tolist()))
+    assert squares == sum(map(square_units, added.tolist())) - sum(map(square_units, removed.tolist()))
+    assert evaluation._exact_sums(added, removed) == (total, 0)
+    assert evaluation._exact_sums(added[:0], removed[:0], squares=True) == (0, 0)
+
+
+def test_multiset_merges_batches_and_forgets_values_at_zero() -> None:
+    m = evaluation._Multiset()
+    m.update(np.array([0.5, -0.0, 0.25, 0.5]), np.array([]))
+    m.update(np.array([0.0, 0.75]), np.array([0.25]))
+    values, counts = m.sorted()
+    assert (values.tolist(), counts.tolist()) == ([0.0, 0.5, 0.75], [2, 2, 1])  # -0.0 and 0.0 are one value
+    m.update(np.array([]), np.array([0.5, 0.5, 0.0, -0.0, 0.75]))
+    assert [len(a) for a in m.sorted()] == [0, 0]
+
+
+def test_time_window_batch_counts_rows_late_against_earlier_rows_of_the_batch() -> None:
+    w = TimeWindow(60, RegressionMetrics())
+    times = np.array([100_000, 40_000, 130_000, 70_001, 160_000, 100_000], dtype=np.int64)
+    rows = w.metric.rows([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [0.0] * 6)
+    # 40_000 is late against 100_000; 70_001 is not late against 130_000, but leaves when 160_000 arrives;
+    # the last 100_000 is exactly at the open end (160_000 - 60_000): late.
+    assert w.update_many(rows, times) == 4
+    assert (w.late_rows, w.watermark_ms, len(w)) == (2, 160_000, 2)
+    assert w.metric.get()["mae"] == 4.0  # rows 3.0 at 130_000 and 5.0 at 160_000
+
+
+def snapshot_state(ev: Evaluator) -> dict[str, object]:
+    """Everything an evaluator exposes, with nan made comparable, so two evaluators can be compared exactly."""
+    state: dict[str, object] = {
+        "snapshot": {w: {k: "nan" if math.isnan(v) else v for k, v in m.items()} for w, m in ev.snapshot().items()},
+        "late": ev.late_rows,
+        "invalid": dict(ev.invalid_rows),
+    }
+    for name in ev.window_names:
+        metric = ev.metric(name)
+        if isinstance(metric, RegressionMetrics):
+            state[name] = (metric.sums(), metric._sum_y, metric._sum_y2, metric._sum_abs, metric._sum_sq)
+        elif isinstance(metric, BinaryMetrics):
+            state[name] = (ev.confusion_cells(name), metric.score_buckets([0.1, 0.5, 0.9]), metric._loss)
+        else:
+            state[name] = ev.confusion(name)
+    return state
+
+
+STREAMS = {
+    "binary": (lambda: binary_stream(seed=4, n=4_000, decimals=2), ["no", "yes"]),
+    "multiclass": (lambda: multiclass_stream(seed=5, n=4_000), list("abcd")),
+    "regression": (lambda: regression_stream(seed=6, n=4_000), None),
+}
+
+
+@pytest.mark.parametrize("task", sorted(STREAMS))
+def test_batches_give_exactly_the_state_of_one_row_at_a_time(task: str) -> None:
+    make_rows, classes = STREAMS[task]
+    rows = make_rows()
+
+    def new() -> Evaluator:
+        return Evaluator(task, classes, count_window=COUNT, time_windows_s=SPANS)  # type: ignore[arg-type]
+
+    one_at_a_time, batched, staged = new(), new(), new()
+    rng = random.Random(8)
+    start = 0
+    while start < len(rows):
+        size = rng.choice([1, 2, 17, 500, 1_000, 2_500])
+        batch = rows[start : start + size]
+        for r in batch:
+            one_at_a_time.add_many([r])  # each row applied on its own, as before batching
+        assert batched.add_many(batch) == sum(staged.add(r) for r in batch)
+        start += size
+        if rng.random() < 0.3:
+            assert snapshot_state(batched) == snapshot_state(one_at_a_time) == snapshot_state(staged)
+    assert snapshot_state(batched) == snapshot_state(one_at_a_time) == snapshot_state(staged)
+
+
+@pytest.mark.parametrize("task", sorted(STREAMS))
+def test_long_running_windows_hold_exactly_the_state_of_their_rows(task: str) -> None:
+    """No drift: after thousands of rows entered and left, each window equals a fresh one fed only its rows."""
+    make_rows, classes = STREAMS[task]
+    rows = make_rows()
+    ev = Evaluator(task, classes, count_window=COUNT, time_windows_s=SPANS)  # type: ignore[arg-type]
+    for start in range(0, len(rows), 50):  # small batches, so that most rows enter and later leave
+        ev.add_many(rows[start : start + 50])
+    is_valid = has_probability if task == "binary" else (lambda r: True)
+    for name, members in expected_windows([r for r in rows if is_valid(r)]).items():
+        assert members, name
+        fresh = Evaluator(task, classes, count_window=len(members), time_windows_s=[])  # type: ignore[arg-type]
+        fresh.add_many(members)
+        mine, theirs = snapshot_state(ev), snapshot_state(fresh)
+        assert mine["snapshot"][name] == theirs["snapshot"][fresh.window_names[0]]  # type: ignore[index]
+        assert mine[name] == theirs[fresh.window_names[0]]

@@ -134,7 +134,7 @@ def test_duplicate_predictions_pending_and_after_join_never_join_twice() -> None
     assert j.add_prediction(pred("a", p=0.1), now_ms=1) is None
     row = j.add_label("a", "yes", event_time_ms=0, now_ms=2)
     assert row is not None
-    assert row.prediction is first  # the first prediction is kept
+    assert row.prediction == first  # the first prediction is kept (rebuilt from its packed form: equal, not same)
     assert j.add_prediction(first, now_ms=3) is None
     assert j.add_label("a", "yes", event_time_ms=0, now_ms=4) is None
     c = j.counts
@@ -238,3 +238,24 @@ def test_unbounded_join_matches_first_label_per_id() -> None:
         assert rows[0].label == first_label[id]
     c = j.counts
     assert (c.expired_predictions, c.expired_labels, c.evicted_predictions, c.evicted_labels) == (0, 0, 0, 0)
+
+
+@pytest.mark.parametrize("shared_table_full", [False, True])
+def test_pending_predictions_come_back_equal(monkeypatch: pytest.MonkeyPatch, shared_table_full: bool) -> None:
+    """Pending predictions are stored packed; what joins is an equal PredictionFacts, whatever it held."""
+    if shared_table_full:
+        monkeypatch.setattr("scorer.join._MAX_SHARED", 0)
+    predictions = [
+        PredictionFacts("reg", "house-prices", "3", 215_000.5, None, None),
+        PredictionFacts("empty", "m", "1", "x", None, {}),
+        PredictionFacts("three", "iris", "12", "setosa", None, {"setosa": 0.8, "versicolor": 0.15, "virginica": 0.05}),
+        PredictionFacts("bin", "churn", "7", True, 0.75, {"False": 0.25, "True": 0.75}),
+        PredictionFacts("bin2", "churn", "7", False, 0.25, {"False": 0.75, "True": 0.25}),
+    ]
+    j = LabelJoiner(ttl_ms=1_000, max_pending=10)
+    for p in predictions:
+        assert j.add_prediction(p, now_ms=0) is None
+    for p in predictions:
+        row = j.add_label(p.id, "y", event_time_ms=5, now_ms=1)
+        assert row == JoinedRow(prediction=p, label="y", event_time_ms=5)
+        assert row is not None and type(row.prediction.scored_probabilities) is type(p.scored_probabilities)
