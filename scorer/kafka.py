@@ -52,6 +52,41 @@ PRODUCER_DEFAULTS = {
 }
 
 
+_CONSUMER_ONLY = (
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "fetch.",
+    "isolation.level",
+    "auto.offset.reset",
+    "group.",
+    "partition.assignment.strategy",
+    "enable.auto.",
+    "auto.commit.",
+    "queued.",
+)
+_PRODUCER_ONLY = (
+    "acks",
+    "linger.ms",
+    "batch.",
+    "compression.",
+    "enable.idempotence",
+    "transactional.",
+    "transaction.",
+    "delivery.timeout.ms",
+    "message.timeout.ms",
+    "queue.buffering.",
+    "retries",
+)
+"""One set of pass-through settings serves both clients; each gets only what it understands, so that
+librdkafka does not log a configuration warning for the other's settings at every start."""
+
+
+def _for(role: str, config: dict[str, str]) -> dict[str, str]:
+    other = _PRODUCER_ONLY if role == "consumer" else _CONSUMER_ONLY
+    return {k: v for k, v in config.items() if not k.startswith(other)}
+
+
 def _build(kind: type, config: dict[str, Any]) -> Any:
     try:
         return kind(config)
@@ -69,7 +104,7 @@ def create_consumer(
     config: dict[str, Any] = {
         **CONSUMER_DEFAULTS,
         **(overrides or {}),
-        **settings.client_config(),
+        **_for("consumer", settings.client_config()),
         "group.id": group_id,
         **callbacks,
     }
@@ -77,7 +112,7 @@ def create_consumer(
 
 
 def create_producer(settings: KafkaSettings, **extra: Any) -> Producer:
-    config: dict[str, Any] = {**PRODUCER_DEFAULTS, **settings.client_config(), **extra}
+    config: dict[str, Any] = {**PRODUCER_DEFAULTS, **_for("producer", settings.client_config()), **extra}
     return _build(Producer, config)
 
 

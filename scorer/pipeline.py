@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,15 @@ from scorer.bundle import ModelBundle, load_bundle
 from scorer.codec import FeatureDecoder, PredictionEncoder
 from scorer.config import RunSettings
 from scorer.deadletter import dead_letter_headers
-from scorer.errors import ConfigError, DeliveryError, KafkaClientError, RegistryError, RejectReason, SchemaError
+from scorer.errors import (
+    ConfigError,
+    DeliveryError,
+    KafkaClientError,
+    RegistryError,
+    RegistryUnavailable,
+    RejectReason,
+    SchemaError,
+)
 from scorer.kafka import (
     BatchDelivery,
     FailedOutput,
@@ -71,6 +79,8 @@ PROGRESS_EVERY_S = 10.0
 IN_FLIGHT_POLL_S = 0.005
 MAX_DEAD_LETTER_VALUE = 900_000
 """Dead letters carry the input value up to this size, under librdkafka's default message.max.bytes."""
+UNREACHABLE_AFTER_S = 2.0
+"""Acknowledgements missing this long mark the broker unreachable (readiness 0) until they arrive."""
 KEEP_ALIVE_AFTER_S = 1.0
 """A batch still scoring after this long pauses the partitions and keeps polling (see ``_score``)."""
 MAX_IN_FLIGHT = 4
@@ -113,6 +123,8 @@ class ScoringPipeline:
         ] = {}  # exactly-once: source (partition, offset) -> reason
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer-model")
         self._scoring = False
+        self._down: set[str] = set()
+        self._delivered: dict[tuple[str, int], int] = {}  # highest acknowledged offset + 1 per partition
         self._counts = {"consumed": 0, "scored": 0, "rejected": 0}
         self.bundle: ModelBundle | None = None
         self._metrics_server: Any = None
@@ -158,9 +170,9 @@ class ScoringPipeline:
         """Idempotent producer; in exactly-once mode also transactional (and its transactions initialised)."""
         s = self.settings
         if s.processing_guarantee == "at-least-once":
-            return create_producer(s)
+            return create_producer(s, error_cb=self._on_client_error)
         transactional_id = s.transactional_id or f"scorer-{s.group_id}-{socket.gethostname()}"
-        producer = create_producer(s, **{"transactional.id": transactional_id})
+        producer = create_producer(s, error_cb=self._on_client_error, **{"transactional.id": transactional_id})
         try:
             producer.init_transactions(30)
         except KafkaException as exc:
@@ -197,14 +209,21 @@ class ScoringPipeline:
     def _with_registry(self, call: Callable[[], Any]) -> Any:
         def on_retry(exc: Exception, backoff: float) -> None:
             self.metrics.registry_retries.inc()
-            self.metrics.ready.set(0)
+            self._mark("registry", down=True)
             log.warning("%s; retrying in %.1f s", exc, backoff)
 
         sleep = self._keep_alive if getattr(self, "consumer", None) is not None else time.sleep
         result = retry_unavailable(call, lambda: self._stopping, on_retry, sleep=sleep)
-        if self._stopping is False:
-            self.metrics.ready.set(1)
+        self._mark("registry", down=False)
         return result
+
+    def _mark(self, dependency: str, down: bool) -> None:
+        """Readiness: 1 only while neither the broker nor the registry is known to be unreachable."""
+        if down:
+            self._down.add(dependency)
+        else:
+            self._down.discard(dependency)
+        self.metrics.ready.set(0 if self._down or self._stopping else 1)
 
     # ----------------------------------------------------------------- the loop
     def request_stop(self, *_args: Any) -> None:
@@ -216,17 +235,19 @@ class ScoringPipeline:
     def run(self) -> None:
         window = BatchWindow(self.settings.max_batch_size, self.settings.max_wait_ms / 1000, self._clock)
         last_progress = self._clock()
-        while not self._stopping:
-            self._collect(window)
-            if window.is_due(len(self._collected)):
-                self._process_collected()
-                window.reset()
-            elif self._inflight:
-                self._settle(until=MAX_IN_FLIGHT)
-            if self._clock() - last_progress >= PROGRESS_EVERY_S:
-                last_progress = self._clock()
-                log.info("progress: %s", ", ".join(f"{k} {v}" for k, v in self._counts.items()))
-        self._drain()
+        try:
+            while not self._stopping:
+                self._collect(window)
+                if window.is_due(len(self._collected)):
+                    self._process_collected()
+                    window.reset()
+                elif self._inflight:
+                    self._settle(until=MAX_IN_FLIGHT)
+                if self._clock() - last_progress >= PROGRESS_EVERY_S:
+                    last_progress = self._clock()
+                    log.info("progress: %s", ", ".join(f"{k} {v}" for k, v in self._counts.items()))
+        finally:
+            self._drain()
 
     def _collect(self, window: BatchWindow) -> None:
         wanted = window.max_records - len(self._collected)
@@ -234,6 +255,8 @@ class ScoringPipeline:
         if self._inflight:  # acknowledgements are due: come back soon to commit them
             timeout = min(timeout, IN_FLIGHT_POLL_S)
         messages = self.consumer.consume(num_messages=wanted, timeout=timeout)
+        if messages and "broker" in self._down and messages[0].error() is None:
+            self._mark("broker", down=False)  # records arrive: the broker is reachable again
         for message in messages:
             error = message.error()
             if error is None:
@@ -262,8 +285,16 @@ class ScoringPipeline:
     # ----------------------------------------------------------------- one batch
     def _process_collected(self) -> None:
         messages, self._collected = self._collected, []
-        if messages:
+        if not messages:
+            return
+        try:
             self._process(messages)
+        except RegistryUnavailable:
+            if not self._stopping:
+                raise
+            # stopping while the registry is still away: these records are not committed, so the next
+            # owner of their partitions scores them; what is in flight is still settled and committed
+            log.warning("stopping before the registry came back: %d records left for the next start", len(messages))
 
     def _process(self, messages: list[Message]) -> None:
         """Decode, score, encode and produce one batch.
@@ -295,7 +326,8 @@ class ScoringPipeline:
         t_encoded = time.perf_counter()
 
         outputs = self._prediction_outputs(result.indices, encoded, messages, refs)
-        rejections = decoded.rejections + result.rejections
+        schema_of = dict(zip(decoded.indices, decoded.schema_ids, strict=True))
+        rejections = decoded.rejections + [replace(r, schema_id=schema_of.get(r.index)) for r in result.rejections]
         if self._refused:  # exactly-once retry: predictions the broker refused before become dead letters
             refused = {i for i in result.indices if (refs[i].partition, refs[i].offset) in self._refused}
             outputs = [record for record in outputs if record.source_index not in refused]
@@ -422,6 +454,13 @@ class ScoringPipeline:
             self._inflight.popleft()
             offsets.update(head.offsets)
             self._account(head)
+            if "broker" in self._down:  # its acknowledgements arrived: the broker is back
+                self._mark("broker", down=False)
+        self._delivered.update(offsets)
+        if until == 0:
+            # everything acknowledged so far, synchronously: an earlier asynchronous commit may have failed
+            # (e.g. during a rebalance) and must not be lost with the partitions
+            offsets = dict(self._delivered)
         if offsets:
             started = time.perf_counter()
             try:
@@ -436,16 +475,17 @@ class ScoringPipeline:
 
     def _wait_for(self, batch: _InFlight, deadline: float | None) -> None:
         """Poll until the batch's outputs are all acknowledged or failed; a broker outage just waits."""
-        waited_since = self._clock()
+        started = waited_since = self._clock()
         while batch.delivery.pending:
             self.producer.poll(0.1)
             if deadline is not None and self._clock() >= deadline:
                 raise DeliveryError(f"{batch.delivery.pending} outputs not acknowledged before the drain deadline")
+            if self._clock() - started >= UNREACHABLE_AFTER_S:
+                self._mark("broker", down=True)
             if self._clock() - waited_since >= 10.0:
-                self.metrics.ready.set(0)
                 log.warning("waiting for %d output acknowledgements (broker unreachable?)", batch.delivery.pending)
                 waited_since = self._clock()
-        self.metrics.ready.set(1)
+        self._mark("broker", down=False)
 
     def _retry(self, batch: _InFlight, failures: list[FailedOutput]) -> None:
         """Refused predictions become dead letters; transient failures are produced again.
@@ -552,17 +592,24 @@ class ScoringPipeline:
         else:
             self._process_collected()
         self._settle(until=0)
+        for p in partitions:
+            self._delivered.pop((p.topic, p.partition), None)
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions lost without a clean revoke cannot be committed: drop their records (a new owner replays)."""
         lost = {(p.topic, p.partition) for p in partitions}
         self._collected = [m for m in self._collected if (m.topic(), m.partition()) not in lost]
+        for key in lost:
+            self._delivered.pop(key, None)
         log.warning("lost %s", _describe(partitions))
 
     def _on_client_error(self, error: KafkaError) -> None:
+        """librdkafka ``error_cb`` of both clients: it retries by itself; we only report and mark readiness."""
         if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):  # noqa: SLF001 - public librdkafka codes
-            self.metrics.ready.set(0)
-        log.warning("kafka client: %s", error.str())
+            self._mark("broker", down=True)
+            log.debug("kafka client: %s", error.str())
+        else:
+            log.warning("kafka client: %s", error.str())
 
 
 def _describe(partitions: list[TopicPartition]) -> str:
