@@ -32,7 +32,9 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.sidecar
 
 dev-up: $(STAMP)
 	$(BIN)/scorer dev up

@@ -141,7 +141,7 @@ class RunSettings(KafkaSettings):
     )
     id_field: str = setting("Input field copied into each prediction's id.", default="id")
     max_batch_size: int = setting("Most records scored in one model call.", default=1000, minimum=1)
-    max_wait_ms: int = setting("Longest wait for a batch to fill after its first record.", default=50, minimum=0)
+    max_wait_ms: int = setting("Longest wait for a batch to fill after its first record.", default=20, minimum=0)
     max_record_bytes: int = setting(
         "Feature records larger than this are dead-lettered (record_too_large) without being decoded.",
         default=1_000_000,
