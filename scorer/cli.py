@@ -66,27 +66,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings: RunSettings = _settings(RunSettings, args)  # first: a wrong setting fails before slow imports
     from scorer.pipeline import ScoringPipeline  # noqa: PLC0415 - keeps `scorer --help` fast
 
-    _setup_logging(settings.log_level)
-    log.info("settings: %r", settings)
-    pipeline = ScoringPipeline(settings)
-    signal.signal(signal.SIGTERM, pipeline.request_stop)
-    signal.signal(signal.SIGINT, pipeline.request_stop)
-    pipeline.start()
-    pipeline.run()
-    return 0
+    return _serve(ScoringPipeline(settings), settings)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     settings: EvaluateSettings = _settings(EvaluateSettings, args)
     from scorer.sidecar import EvaluationSidecar  # noqa: PLC0415
 
+    return _serve(EvaluationSidecar(settings), settings)
+
+
+def _serve(service: Any, settings: KafkaSettings) -> int:
+    """Run a long-lived service: logging, SIGTERM/SIGINT to its ``request_stop``, ``start()``, ``run()``."""
     _setup_logging(settings.log_level)
     log.info("settings: %r", settings)
-    sidecar = EvaluationSidecar(settings)
-    signal.signal(signal.SIGTERM, sidecar.request_stop)
-    signal.signal(signal.SIGINT, sidecar.request_stop)
-    sidecar.start()
-    sidecar.run()
+    signal.signal(signal.SIGTERM, service.request_stop)
+    signal.signal(signal.SIGINT, service.request_stop)
+    service.start()
+    service.run()
     return 0
 
 
