@@ -224,14 +224,9 @@ class FeatureDecoder:
         cached = self._cache.get(schema_id)
         if cached is not None:
             return cached
-        try:
-            writer_text = self._lookup(schema_id)
-        except RegistryUnavailable:
-            raise
-        except RegistryError as exc:
-            if exc.error_code == 40403 or exc.status == 404:
-                return None
-            raise
+        writer_text = _writer_schema(self._lookup, schema_id)
+        if writer_text is None:
+            return None
         try:  # the text, not parsed JSON: a non-record or non-JSON writer schema is a difference, not a crash
             differences = check_readable(self._training, writer_text) or self._id_differences(writer_text)
         except SchemaError as exc:
@@ -261,6 +256,19 @@ def _as_pandas(column: pl.Series, index: pd.Index) -> pd.Series:
     if column.dtype == pl.Int64 and column.null_count():
         return pd.Series(column.to_list(), index=index, dtype="Int64")
     return pd.Series(column.to_numpy(), index=index, copy=False)
+
+
+def _writer_schema(lookup: SchemaLookup, schema_id: int) -> str | None:
+    """The writer schema's text, or None when the registry does not know the id (other errors propagate:
+    an unreachable registry is retried by the caller, never turned into a rejection)."""
+    try:
+        return lookup(schema_id)
+    except RegistryUnavailable:
+        raise
+    except RegistryError as exc:
+        if exc.error_code == 40403 or exc.status == 404:
+            return None
+        raise
 
 
 def _read_body(body: bytes, entry: _WriterEntry) -> dict[str, Any] | str:
@@ -422,15 +430,10 @@ class RecordDecoder:
         assert isinstance(schema_id, int) and isinstance(body, bytes)  # noqa: S101 - narrows the union
         writer = self._parsed.get(schema_id)
         if writer is None:
-            try:
-                writer = fastavro.parse_schema(json.loads(self._lookup(schema_id)))
-            except RegistryUnavailable:
-                raise
-            except RegistryError as exc:
-                if exc.error_code == 40403 or exc.status == 404:
-                    return RejectReason.UNKNOWN_SCHEMA_ID, f"schema id {schema_id} is not in the registry"
-                raise
-            self._parsed[schema_id] = writer
+            writer_text = _writer_schema(self._lookup, schema_id)
+            if writer_text is None:
+                return RejectReason.UNKNOWN_SCHEMA_ID, f"schema id {schema_id} is not in the registry"
+            writer = self._parsed[schema_id] = fastavro.parse_schema(json.loads(writer_text))
         record = _read_body(body, _WriterEntry(writer=writer, reader=None))
         if isinstance(record, str):
             return RejectReason.MALFORMED_BODY, record

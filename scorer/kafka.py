@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from scorer.config import KafkaSettings, redact
+from scorer.config import KafkaSettings
 from scorer.errors import ConfigError, KafkaClientError
 
 __all__ = [
@@ -83,7 +83,8 @@ librdkafka does not log a configuration warning for the other's settings at ever
 
 
 def _for(role: str, config: dict[str, str]) -> dict[str, str]:
-    other = _PRODUCER_ONLY if role == "consumer" else _CONSUMER_ONLY
+    """The settings a ``consumer``, ``producer`` or ``admin`` client understands (admin: neither's own)."""
+    other = {"consumer": _PRODUCER_ONLY, "producer": _CONSUMER_ONLY}.get(role, _CONSUMER_ONLY + _PRODUCER_ONLY)
     return {k: v for k, v in config.items() if not k.startswith(other)}
 
 
@@ -117,10 +118,7 @@ def create_producer(settings: KafkaSettings, **extra: Any) -> Producer:
 
 
 def create_admin(settings: KafkaSettings) -> AdminClient:
-    config = {
-        k: v for k, v in settings.client_config().items() if not k.startswith(("fetch.", "session.", "heartbeat."))
-    }
-    return _build(AdminClient, config)
+    return _build(AdminClient, _for("admin", settings.client_config()))
 
 
 def ensure_topics(admin: AdminClient, topics: Iterable[str], create: bool, partitions: int, setting: str) -> None:
@@ -244,8 +242,3 @@ def commit_offsets(consumer: Consumer, offsets: dict[tuple[str, int], int], asyn
         raise KafkaClientError(
             f"commit failed: {error.str()}", fatal=error.fatal(), retriable=error.retriable()
         ) from exc
-
-
-def describe(config: dict[str, Any]) -> dict[str, Any]:
-    """Settings for logs, with secrets redacted."""
-    return redact({k: v for k, v in config.items() if not callable(v)})

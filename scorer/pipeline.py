@@ -326,8 +326,10 @@ class ScoringPipeline:
         t_encoded = time.perf_counter()
 
         outputs = self._prediction_outputs(result.indices, encoded, messages, refs)
-        schema_of = dict(zip(decoded.indices, decoded.schema_ids, strict=True))
-        rejections = decoded.rejections + [replace(r, schema_id=schema_of.get(r.index)) for r in result.rejections]
+        rejections = decoded.rejections
+        if result.rejections:  # rejected while scoring: give them the schema id the decoder saw
+            schema_of = dict(zip(decoded.indices, decoded.schema_ids, strict=True))
+            rejections = rejections + [replace(r, schema_id=schema_of.get(r.index)) for r in result.rejections]
         if self._refused:  # exactly-once retry: predictions the broker refused before become dead letters
             refused = {i for i in result.indices if (refs[i].partition, refs[i].offset) in self._refused}
             outputs = [record for record in outputs if record.source_index not in refused]

@@ -107,7 +107,6 @@ class Scorer:
     ) -> None:
         self.bundle = bundle
         self._id_field = id_field
-        self._unknown = unknown_categories
         self._include_features = include_features
         self._clock = clock
         self._columns = bundle.schema.feature_names
