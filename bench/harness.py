@@ -22,6 +22,7 @@ import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from bench.contenders.common import GROUP_TIMEOUTS
+from scorer.config import DEFAULT_MAX_BATCH_SIZE
 from scorer.devstack import terminate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -470,7 +471,9 @@ def measure_latency(
         p95_ms=float(p95),
         p99_ms=float(p99),
         max_ms=float(latency.max()),
-        max_batch_size=int((scorer_env or {}).get("SCORER_MAX_BATCH_SIZE", 1000)) if kind == "scorer" else None,
+        max_batch_size=int((scorer_env or {}).get("SCORER_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE))
+        if kind == "scorer"
+        else None,
         peak_rss_mb=peak,
         background_cores=other,
         backlog_growth_ms=growth,

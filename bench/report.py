@@ -13,10 +13,10 @@ from typing import Any
 
 from bench.harness import CONTENDERS
 from bench.workload import MODEL_TITLES, MODELS
+from scorer.config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_WAIT_MS
 
 THROUGHPUT_PNG = "performance-throughput.png"
 LATENCY_PNG = "performance-latency.png"
-MAX_WAIT_MS = 50  # scorer's default --max-wait-ms, for the latency target at 50% load
 
 
 # ----------------------------------------------------------------- environment
@@ -169,7 +169,7 @@ def targets(results: dict[str, Any], table: dict[str, dict[str, dict[str, Any]]]
     ratio_row("gb", "batched", 1.5)
 
     for model in MODELS:
-        for label, limit in (("1000/s", 50.0), ("50%", MAX_WAIT_MS + 100.0)):
+        for label, limit in (("1000/s", 50.0), ("50%", DEFAULT_MAX_WAIT_MS + 100.0)):
             run = _latency(results, model, "scorer", label)
             name = f"Latency, {model}, {label}{' of scorer max' if label == '50%' else ''}: p99 <= {limit:.0f} ms"
             if run is None:
@@ -335,7 +335,9 @@ def plot_latency(results: dict[str, Any], path: Path) -> None:
             (
                 r
                 for r in results["latency"]
-                if r["contender"] == "scorer" and r["model"] == model and r.get("max_batch_size", 1000) == 1000
+                if r["contender"] == "scorer"
+                and r["model"] == model
+                and r.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE) == DEFAULT_MAX_BATCH_SIZE
             ),
             key=lambda r: r["achieved_rate"],
         )
@@ -352,7 +354,7 @@ def plot_latency(results: dict[str, Any], path: Path) -> None:
     left.set_yscale("log")
     left.set_xlabel("input rate (records/s)")
     left.set_ylabel("end-to-end latency (ms)")
-    left.set_title("scorer latency against input rate (max batch 1000)")
+    left.set_title(f"scorer latency against input rate (max batch {DEFAULT_MAX_BATCH_SIZE}, the default)")
     left.legend(fontsize=8)
     left.grid(alpha=0.3)
 
@@ -482,7 +484,11 @@ def render(results: dict[str, Any], table: dict[str, dict[str, dict[str, Any]]])
     add("")
 
     rates = sorted(
-        (r for r in results["latency"] if r["contender"] == "scorer" and r.get("max_batch_size") == 1000),
+        (
+            r
+            for r in results["latency"]
+            if r["contender"] == "scorer" and r.get("max_batch_size") == DEFAULT_MAX_BATCH_SIZE
+        ),
         key=lambda r: (r["model"], r["achieved_rate"]),
     )
     if rates:
@@ -493,7 +499,11 @@ def render(results: dict[str, Any], table: dict[str, dict[str, dict[str, Any]]])
             "| backlog growth ms | other load, cores |"
         )
         add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        sweep = [r for r in results["latency"] if r["contender"] == "scorer" and r.get("max_batch_size") != 1000]
+        sweep = [
+            r
+            for r in results["latency"]
+            if r["contender"] == "scorer" and r.get("max_batch_size") != DEFAULT_MAX_BATCH_SIZE
+        ]
         for r in [*rates, *sorted(sweep, key=lambda r: r["max_batch_size"])]:
             add(
                 f"| {r['model']} | {r['max_batch_size']} | {r['target_rate']:,.0f} | {r['achieved_rate']:,.0f} "
@@ -526,7 +536,7 @@ def render(results: dict[str, Any], table: dict[str, dict[str, dict[str, Any]]])
     add("")
     add(
         f"Measured in the harness process on the same pre-encoded records, no Kafka: {cfg['profile_records']:,} records in "
-        f"batches of 1,000 for batched and scorer (minimum of {cfg['profile_repeats']} passes), "
+        f"batches of 1,000 for batched and of {DEFAULT_MAX_BATCH_SIZE:,} (its default) for scorer (minimum of {cfg['profile_repeats']} passes), "
         f"{cfg['naive_profile_records']:,} records one by one for naive. scorer: decode = `FeatureDecoder.decode` "
         "(with schema resolution onto the training schema), predict = the estimator call inside `Scorer.score`, "
         "frame = the rest of `Scorer.score` (frame build, validation, prediction records), encode = "

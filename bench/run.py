@@ -33,6 +33,7 @@ from typing import Any
 
 from bench import harness, pyspy, report, stages, workload
 from scorer import devstack
+from scorer.config import DEFAULT_MAX_BATCH_SIZE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,7 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--latency-seconds", type=float, help="length of each fixed-rate run in s (default 20; quick 5)"
     )
     parser.add_argument(
-        "--sweep", type=str, help="max batch sizes for the scorer sweep (default 100,500,1000,5000; quick 5000)"
+        "--sweep", type=str, help="max batch sizes for the scorer sweep (default 100,500,1000,5000,20000; quick 1000)"
     )
     parser.add_argument(
         "--memory-records", type=int, help="records of the memory run (default 1,000,000; quick 0 = skip)"
@@ -99,7 +100,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "naive_records": 300 if quick else 2_000,
         "naive_seconds": 10.0 if quick else 45.0,
         "latency_seconds": 5.0 if quick else 20.0,
-        "sweep": "5000" if quick else "100,500,1000,5000",
+        "sweep": "1000" if quick else "100,500,1000,5000,20000",
         "memory_records": 0 if quick else 1_000_000,
         "quiet_wait": 1.0 if quick else 3.0,
     }
@@ -318,7 +319,7 @@ def run_suite(
     if "linear" in bundles:
         half = medians[("linear", "scorer")] * 0.5
         for size in args.sweep_sizes:
-            if size != 1000:
+            if size != DEFAULT_MAX_BATCH_SIZE:
                 latency("scorer", "linear", "sweep", half, {"SCORER_MAX_BATCH_SIZE": str(size)})
 
     if args.memory_records and "linear" in bundles:

@@ -5,7 +5,7 @@ No Kafka here: each approach's own stage functions are called on framed Avro val
 - naive: the contender's per-message functions, one record at a time;
 - batched: the contender's per-batch functions on batches of 1,000;
 - scorer: ``FeatureDecoder.decode``, ``Scorer.score`` and ``PredictionEncoder.encode`` (``encode_scores``
-  where it exists) on batches of 1,000 (scorer's default max batch size), with a dict-backed schema lookup. ``Scorer.score`` builds the frame,
+  where it exists) on batches of scorer's default max batch size (``DEFAULT_MAX_BATCH_SIZE``), with a dict-backed schema lookup. ``Scorer.score`` builds the frame,
   validates it, calls the model and builds the prediction records; the model call is timed inside it
   through a thin proxy around the estimator, so "frame" for scorer is score minus predict.
 """
@@ -25,6 +25,7 @@ import numpy as np
 from bench.contenders import batched, common, naive
 from scorer.bundle import load_bundle
 from scorer.codec import FeatureDecoder, PredictionEncoder
+from scorer.config import DEFAULT_MAX_BATCH_SIZE
 from scorer.schema import prediction_schema
 from scorer.scoring import Scorer
 
@@ -150,7 +151,7 @@ def _scorer_steps(decoder: Any, scorer: Any, encoder: Any) -> tuple[Callable, Ca
 
 
 def profile_scorer(
-    values: list[bytes], bundle_dir: Path, schema_text: str, schema_id: int, batch: int = 1000
+    values: list[bytes], bundle_dir: Path, schema_text: str, schema_id: int, batch: int = DEFAULT_MAX_BATCH_SIZE
 ) -> dict[str, float]:
     bundle = load_bundle(bundle_dir)
     timed = _TimedEstimator(bundle.estimator)

@@ -30,6 +30,7 @@ __all__ = [
     "FailedOutput",
     "OutputRecord",
     "commit_offsets",
+    "consume_available",
     "create_admin",
     "create_consumer",
     "create_producer",
@@ -228,6 +229,26 @@ def _source_key(topic: str, headers: Sequence[tuple[str, bytes | None]]) -> tupl
 
 def _describe_error(error: KafkaError) -> str:
     return f"{error.name()}: {error.str()}"
+
+
+def consume_available(consumer: Consumer, wanted: int, timeout: float) -> list[Message]:
+    """Up to ``wanted`` messages: those the client has already fetched, else the first to arrive within
+    ``timeout``, with whatever came in beside it.
+
+    Written by hand because confluent-kafka's ``consume(n, timeout)`` returns early only once it holds ``n``
+    messages: a batch that is not yet full would wait out the whole timeout before its records are even
+    seen. ``poll(timeout)`` returns at the first message, and ``consume(n, 0)`` takes what is buffered
+    without waiting.
+    """
+    if wanted <= 0:
+        return []
+    messages = consumer.consume(num_messages=wanted, timeout=0)
+    if messages or timeout <= 0:
+        return messages
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    return [first, *consumer.consume(num_messages=wanted - 1, timeout=0)] if wanted > 1 else [first]
 
 
 def commit_offsets(consumer: Consumer, offsets: dict[tuple[str, int], int], asynchronous: bool = False) -> None:

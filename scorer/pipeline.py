@@ -1,9 +1,15 @@
 """The scoring service: Kafka in, predictions and dead letters out, offsets committed only after delivery.
 
-One loop, one thread::
+One loop on the main thread, the model on a worker thread::
 
-    poll until the batch is due -> decode (codec) -> validate + score (scoring) -> encode
-        -> produce predictions and dead letters -> (next batch) ... -> acknowledged? commit input offsets
+    main:    poll until batch k is due -> decode k (codec) -> hand k to the worker
+             -> encode + produce k-1 (its scores are ready) -> poll for batch k+1 ...
+    worker:  validate + score k (scoring) while the main thread works on k+1 and k-1
+    later:   batch acknowledged? commit input offsets (strictly in order)
+
+Batches are produced in input order, one at a time: batch k is encoded and produced only after
+batch k-1 was. The model releases the GIL in its numeric kernels, so scoring one batch while decoding
+the next and producing the previous uses both cores of a small machine.
 
 Delivery contract (at-least-once): an input offset is committed only when every output derived from the
 records before it (prediction or dead letter) has been acknowledged. Up to ``MAX_IN_FLIGHT`` batches may
@@ -25,7 +31,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,7 +43,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from scorer.batching import BatchWindow, next_offsets
 from scorer.bundle import ModelBundle, load_bundle
-from scorer.codec import FeatureDecoder, PredictionEncoder
+from scorer.codec import DecodedBatch, FeatureDecoder, PredictionEncoder
 from scorer.config import RunSettings
 from scorer.deadletter import dead_letter_headers
 from scorer.errors import (
@@ -54,6 +60,7 @@ from scorer.kafka import (
     FailedOutput,
     OutputRecord,
     commit_offsets,
+    consume_available,
     create_admin,
     create_consumer,
     create_producer,
@@ -62,7 +69,7 @@ from scorer.kafka import (
 from scorer.metrics import ScorerMetrics, serve_metrics
 from scorer.registry import Registry, retry_unavailable
 from scorer.schema import check_readable, prediction_schema
-from scorer.scoring import Scorer
+from scorer.scoring import Scorer, ScoreResult, limit_model_threads
 from scorer.types import Rejection, SourceRef
 
 __all__ = ["ScoringPipeline", "run_pipeline"]
@@ -77,14 +84,27 @@ outages are not here: those outputs are produced again, never dead-lettered."""
 
 PROGRESS_EVERY_S = 10.0
 IN_FLIGHT_POLL_S = 0.005
+SCORING_POLL_S = 0.002
+"""While the worker scores a batch, polls are this short, so that its outputs leave soon after it is done."""
 MAX_DEAD_LETTER_VALUE = 900_000
 """Dead letters carry the input value up to this size, under librdkafka's default message.max.bytes."""
 UNREACHABLE_AFTER_S = 2.0
 """Acknowledgements missing this long mark the broker unreachable (readiness 0) until they arrive."""
 KEEP_ALIVE_AFTER_S = 1.0
-"""A batch still scoring after this long pauses the partitions and keeps polling (see ``_score``)."""
+"""A batch still scoring after this long pauses the partitions and keeps polling (see ``_await_scores``)."""
 MAX_IN_FLIGHT = 4
 """Batches produced but not yet acknowledged before the loop waits: bounds memory and replay after a crash."""
+
+
+@dataclass
+class _Scoring:
+    """A batch decoded on the main thread whose scores the worker thread is computing."""
+
+    messages: list[Message]
+    refs: list[SourceRef]
+    decoded: DecodedBatch
+    future: Future[tuple[ScoreResult, float]]
+    decode_seconds: float
 
 
 @dataclass
@@ -121,8 +141,14 @@ class ScoringPipeline:
         self._source_headers: dict[
             tuple[str, int], tuple[tuple[str, bytes], tuple[str, bytes]]
         ] = {}  # exactly-once: source (partition, offset) -> reason
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer-model")
-        self._scoring = False
+        self._worker = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="scorer-model",
+            initializer=limit_model_threads,
+            initargs=(settings.model_threads,),
+        )
+        self._scoring = False  # waiting for a slow model inside _await_scores (partitions paused)
+        self._pending: _Scoring | None = None  # the batch on the worker, produced before the next one
         self._down: set[str] = set()
         self._delivered: dict[tuple[str, int], int] = {}  # highest acknowledged offset + 1 per partition
         self._counts = {"consumed": 0, "scored": 0, "rejected": 0}
@@ -208,6 +234,8 @@ class ScoringPipeline:
 
     def _with_registry(self, call: Callable[[], Any]) -> Any:
         def on_retry(exc: Exception, backoff: float) -> None:
+            if self._pending is not None and not self._scoring:
+                self._produce_pending()  # its schemas were cached: its outputs need not wait for the registry
             self.metrics.registry_retries.inc()
             self._mark("registry", down=True)
             log.warning("%s; retrying in %.1f s", exc, backoff)
@@ -241,6 +269,8 @@ class ScoringPipeline:
                 if window.is_due(len(self._collected)):
                     self._process_collected()
                     window.reset()
+                elif self._pending is not None and self._pending.future.done():
+                    self._produce_pending()
                 elif self._inflight:
                     self._settle(until=MAX_IN_FLIGHT)
                 if self._clock() - last_progress >= PROGRESS_EVERY_S:
@@ -252,9 +282,11 @@ class ScoringPipeline:
     def _collect(self, window: BatchWindow) -> None:
         wanted = window.max_records - len(self._collected)
         timeout = window.poll_timeout(len(self._collected))
-        if self._inflight:  # acknowledgements are due: come back soon to commit them
+        if self._pending is not None:  # scores are due: come back soon to produce them
+            timeout = min(timeout, SCORING_POLL_S)
+        elif self._inflight:  # acknowledgements are due: come back soon to commit them
             timeout = min(timeout, IN_FLIGHT_POLL_S)
-        messages = self.consumer.consume(num_messages=wanted, timeout=timeout)
+        messages = consume_available(self.consumer, wanted, timeout)
         if messages and "broker" in self._down and messages[0].error() is None:
             self._mark("broker", down=False)  # records arrive: the broker is reachable again
         for message in messages:
@@ -271,6 +303,7 @@ class ScoringPipeline:
         deadline = self._clock() + self.settings.drain_timeout_s
         try:
             self._process_collected()
+            self._produce_pending()
             self._settle(until=0, deadline=deadline)
         finally:
             self.metrics.ready.set(0)
@@ -297,30 +330,50 @@ class ScoringPipeline:
             log.warning("stopping before the registry came back: %d records left for the next start", len(messages))
 
     def _process(self, messages: list[Message]) -> None:
-        """Decode, score, encode and produce one batch.
+        """Decode one batch and hand it to the model; produce the batch the model finished before it.
 
-        At-least-once: the batch joins the in-flight queue and the loop goes on polling and scoring the
-        next batch while the broker acknowledges this one (I/O and compute overlap); ``_settle`` commits
-        batches in order once all their outputs are acknowledged. Exactly-once: one transaction.
+        At-least-once: a produced batch joins the in-flight queue and the loop goes on polling and scoring
+        the next batches while the broker acknowledges it (I/O and compute overlap); ``_settle`` commits
+        batches in order once all their outputs are acknowledged. Exactly-once: one transaction per batch,
+        decoded, scored and produced before the next one is read (no overlap: a transaction holds one batch).
         """
-        batch = self._build(messages)
+        scoring = self._submit(messages)
         if self.settings.processing_guarantee == "exactly-once":
-            self._transact(batch)
+            self._transact(self._complete(scoring))
             return
+        self._produce_pending()
+        self._pending = scoring
+
+    def _produce_pending(self) -> None:
+        """Wait for the worker's batch, encode it and produce its outputs (a no-op when there is none)."""
+        scoring, self._pending = self._pending, None
+        if scoring is None:
+            return
+        batch = self._complete(scoring)
         started = time.perf_counter()
         batch.delivery.produce(self.producer, batch.delivery.outputs)
         self._inflight.append(batch)
         self.metrics.stage_seconds.labels(stage="produce").observe(time.perf_counter() - started)
         self._settle(until=MAX_IN_FLIGHT)
 
-    def _build(self, messages: list[Message]) -> _InFlight:
-        """Everything up to the produce call: predictions and dead letters, in input order."""
-        m, started = self.metrics, time.perf_counter()
+    def _submit(self, messages: list[Message]) -> _Scoring:
+        """Decode on this thread (registry lookups and retries stay here), then score on the worker."""
+        started = time.perf_counter()
         refs = [SourceRef(msg.topic(), msg.partition(), msg.offset()) for msg in messages]
         values = [msg.value() for msg in messages]
         decoded = self._with_registry(lambda: self.decoder.decode(values))
-        t_decoded = time.perf_counter()
-        result = self._score(decoded.frame)
+        future = self._worker.submit(self._timed_score, decoded.frame)
+        return _Scoring(messages, refs, decoded, future, time.perf_counter() - started)
+
+    def _timed_score(self, frame: Any) -> tuple[ScoreResult, float]:
+        """On the worker thread: the scores and how long they took (the main thread was busy meanwhile)."""
+        started = time.perf_counter()
+        return self.scorer.score(frame), time.perf_counter() - started
+
+    def _complete(self, scoring: _Scoring) -> _InFlight:
+        """Everything after the model: predictions and dead letters in input order, ready to produce."""
+        m, messages, refs, decoded = self.metrics, scoring.messages, scoring.refs, scoring.decoded
+        result, score_seconds = self._await_scores(scoring.future)
         t_scored = time.perf_counter()
         encoded = self.encoder.encode_scores(result)
         t_encoded = time.perf_counter()
@@ -340,8 +393,8 @@ class ScoringPipeline:
             outputs += [self._dead_letter(messages[r.index], refs[r.index], r) for r in rejections]
             outputs.sort(key=lambda record: record.source_index)
         for stage, seconds in (
-            ("decode", t_decoded - started),
-            ("score", t_scored - t_decoded),
+            ("decode", scoring.decode_seconds),
+            ("score", score_seconds),
             ("encode", t_encoded - t_scored),
         ):
             m.stage_seconds.labels(stage=stage).observe(seconds)
@@ -349,14 +402,13 @@ class ScoringPipeline:
         refused = sum(1 for r in rejections if r.reason is RejectReason.OUTPUT_REJECTED)
         return _InFlight(BatchDelivery(outputs), next_offsets(refs), messages, refs, rejections, len(result) - refused)
 
-    def _score(self, frame: Any) -> Any:
-        """Score on the worker thread; if that takes long, keep the group membership alive meanwhile.
+    def _await_scores(self, future: Future[tuple[ScoreResult, float]]) -> tuple[ScoreResult, float]:
+        """The worker's result; if it takes long, keep the group membership alive meanwhile.
 
         A model slower than ``max.poll.interval.ms`` would otherwise get this replica thrown out of the
         group (and its batch replayed elsewhere, again and again). The partitions are paused, so the
         polls that keep the membership fetch nothing new.
         """
-        future = self._worker.submit(self.scorer.score, frame)
         try:
             return future.result(timeout=KEEP_ALIVE_AFTER_S)
         except FutureTimeout:
@@ -593,6 +645,7 @@ class ScoringPipeline:
             self._collected = [m for m in self._collected if (m.topic(), m.partition()) not in revoked]
         else:
             self._process_collected()
+            self._produce_pending()
         self._settle(until=0)
         for p in partitions:
             self._delivered.pop((p.topic, p.partition), None)

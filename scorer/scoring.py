@@ -8,7 +8,7 @@ rejections, each carrying the row's position so that the caller can find its sou
 If the model raises on a batch, the batch is split in halves until the rows that make it fail are
 found: one bad row costs O(log n) extra calls and rejects only itself (``model_error``).
 
-May import: errors, types, schema, bundle. Third-party: numpy, pandas.
+May import: errors, types, schema, bundle. Third-party: numpy, pandas, threadpoolctl.
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from scorer.bundle import ModelBundle
 from scorer.errors import RejectReason
 from scorer.schema import pandas_column
 from scorer.types import Rejection
 
-__all__ = ["ScoreResult", "Scorer"]
+__all__ = ["ScoreResult", "Scorer", "limit_model_threads"]
 
 UnknownCategoryPolicy = Literal["reject", "score"]
 
@@ -266,6 +267,19 @@ class Scorer:
             convert = _PYTHON_TYPES[feature.type]
             columns[feature.name] = [None if _is_null(v) else convert(v) for v in frame[feature.name].tolist()]
         return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+
+
+def limit_model_threads(threads: int) -> None:
+    """Cap the OpenMP and BLAS pools for models called from *this* thread (0: leave the libraries' default).
+
+    OpenMP's thread count is per calling thread, so the scoring thread calls this for itself. Through
+    threadpoolctl (scikit-learn's own dependency) rather than environment variables, which are read only
+    once, at import. Why cap at all: HistGradientBoosting and friends start one OpenMP thread per core and
+    spin-wait between parallel regions; beside a busy main thread (or a broker on the same machine) a
+    descheduled OpenMP thread stalls every region (measured here: a batch 10x slower under load).
+    """
+    if threads > 0:
+        threadpool_limits(limits=threads)
 
 
 def _id_strings(column: pd.Series) -> list[str]:

@@ -35,7 +35,7 @@ def slow_model(trained, tmp_path_factory) -> TrainedModel:
 def test_a_batch_slower_than_max_poll_interval_keeps_the_membership(
     stack, slow_model, topic_factory, producer, registry_client, tmp_path, fault_results
 ):
-    """The scorer pauses its partitions and keeps polling while the model works (``pipeline._score``), so
+    """The scorer pauses its partitions and keeps polling while the model works (``pipeline._await_scores``), so
     the group does not throw it out: no revoke after the first assignment, the slow batch is scored once."""
     source, sink = topic_factory("features"), topic_factory("predictions")
     _register_input_schema(registry_client, source, slow_model)

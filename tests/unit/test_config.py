@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from scorer.config import EvaluateSettings, RunSettings, load_settings
+from scorer.config import DEFAULT_MAX_BATCH_SIZE, EvaluateSettings, RunSettings, load_settings
 from scorer.errors import ConfigError
 
 REQUIRED = {
@@ -50,7 +50,7 @@ def test_precedence_is_flag_then_env_then_file_then_default(tmp_path: Path) -> N
     assert settings.drain_timeout_s == 20.0  # default
     assert run(env=env, config=config).max_batch_size == 20
     assert run(config=config).max_batch_size == 10
-    assert run().max_batch_size == 1000
+    assert run().max_batch_size == DEFAULT_MAX_BATCH_SIZE == 5000
 
 
 def test_values_are_converted_to_their_types(tmp_path: Path) -> None:
