@@ -15,13 +15,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/scorer demo
 
+# lint + unit + integration + poison pills: a few minutes. The long fault-injection runs are `make test-faults`;
+# CI (.ci/run) runs both.
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not slow"
 
 test-faults: $(STAMP)
-	$(BIN)/python -m pytest tests/faults
+	$(BIN)/python -m pytest -m slow
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

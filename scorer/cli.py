@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from scorer import __version__
-from scorer.config import EvaluateSettings, KafkaSettings, RunSettings, env_name, flag_name, load_settings
+from scorer.config import (
+    EvaluateSettings,
+    KafkaSettings,
+    RunSettings,
+    ServeSettings,
+    env_name,
+    flag_name,
+    load_settings,
+)
 from scorer.errors import BundleError, ConfigError, SchemaError, ScorerError
 
 __all__ = ["main"]
@@ -27,7 +35,7 @@ __all__ = ["main"]
 log = logging.getLogger("scorer")
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[KafkaSettings]) -> None:
+def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[KafkaSettings | ServeSettings]) -> None:
     """One flag per settings field, with its environment variable and default in the help."""
     hints = typing.get_type_hints(cls)
     parser.add_argument(
@@ -76,7 +84,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return _serve(EvaluationSidecar(settings), settings)
 
 
-def _serve(service: Any, settings: KafkaSettings) -> int:
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings: ServeSettings = _settings(ServeSettings, args)
+    from scorer.service import ScoringService  # noqa: PLC0415
+
+    return _serve(ScoringService(settings), settings)
+
+
+def _serve(service: Any, settings: KafkaSettings | ServeSettings) -> int:
     """Run a long-lived service: logging, SIGTERM/SIGINT to its ``request_stop``, ``start()``, ``run()``."""
     _setup_logging(settings.log_level)
     log.info("settings: %r", settings)
@@ -230,6 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_settings_arguments(evaluate, EvaluateSettings)
     evaluate.set_defaults(handler=cmd_evaluate)
+
+    serve = sub.add_parser(
+        "serve",
+        help="score JSON records over HTTP with the same code (Azure 'publish as a web service')",
+        description=ServeSettings.__doc__,
+    )
+    add_settings_arguments(serve, ServeSettings)
+    serve.set_defaults(handler=cmd_serve)
 
     labels = sub.add_parser("labels", help="publish ground-truth labels from a CSV or Parquet file")
     labels.add_argument("file", type=Path, metavar="FILE")

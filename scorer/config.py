@@ -31,6 +31,7 @@ __all__ = [
     "EvaluateSettings",
     "KafkaSettings",
     "RunSettings",
+    "ServeSettings",
     "env_name",
     "flag_name",
     "load_settings",
@@ -417,3 +418,60 @@ def _read_file(path: Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Settings of ``scorer serve``: score JSON rows over HTTP with the same code as ``scorer run``.
+
+    Endpoints: POST /score (JSON records in, prediction records and rejections out), GET /schema (the
+    model's input schema), GET /healthz, GET /metrics. It binds to loopback unless --host says otherwise,
+    and has no authentication or TLS of its own: put a proxy that has them in front of it.
+    """
+
+    model: str = setting("Model bundle directory (made by `scorer bundle`). Required.", default="")
+    model_sha256: str = setting("Refuse to start unless the bundle's model file has this SHA-256.", default="")
+    model_trusted_types: str = setting(
+        "skops bundles: extra types (comma-separated) the operator trusts beyond those the bundle records.", default=""
+    )
+    id_field: str = setting("Input field copied into each prediction's id.", default="id")
+    unknown_categories: Literal["reject", "score"] = setting(
+        "A string feature value never seen in training: reject the row (reject) or pass it to the model (score).",
+        default="reject",
+    )
+    model_threads: int = setting(
+        "Threads the model may use on one request (OpenMP and BLAS pools, set through threadpoolctl); 0 keeps the "
+        "libraries' default of one per core. 1 by default: requests are scored concurrently, each on its own thread.",
+        default=1,
+        minimum=0,
+    )
+    host: str = setting(
+        "Address to listen on. Loopback by default; any other address makes the service reachable from other "
+        "machines (logged as a warning).",
+        default="127.0.0.1",
+    )
+    port: int = setting("Port to listen on (0: a free port, logged at start-up).", default=8000, minimum=0)
+    max_request_bytes: int = setting(
+        "Largest request body accepted; larger requests get 413 before their body is read.",
+        default=1_048_576,
+        minimum=1,
+    )
+    max_rows: int = setting("Most records in one request; more get 413.", default=1000, minimum=1)
+    request_timeout_s: float = setting(
+        "Longest time a client may take to send its whole request (headers and body); then the connection "
+        "is closed. Also bounds sending the response.",
+        default=10.0,
+        minimum=0.1,
+    )
+    max_concurrent_requests: int = setting(
+        "Most connections served at once; further connections wait in the listen queue.", default=16, minimum=1
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting(
+        "Log level (DEBUG logs every request).", default="INFO"
+    )
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ConfigError(f"{flag_name('model')} / {env_name('model')}", "is required")
+        if self.port > 65535:
+            raise ConfigError(f"{flag_name('port')} / {env_name('port')}", f"has value {self.port}; ports are 0-65535")

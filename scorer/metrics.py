@@ -15,7 +15,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeHistogramMetricFamily,
@@ -31,7 +40,9 @@ __all__ = [
     "EvaluationCollector",
     "EvaluationView",
     "ScorerMetrics",
+    "ServeMetrics",
     "WindowView",
+    "exposition",
     "serve_metrics",
 ]
 
@@ -271,3 +282,48 @@ def _additive_families(windows: list[WindowView], keys: list[str]) -> Iterator[M
     yield confusion
     yield from sums.values()
     yield scores
+
+
+class ServeMetrics:
+    """Everything ``scorer serve`` exports on its own ``/metrics``.
+
+    The record counters have the names ``scorer run`` uses, so the same dashboards count both; the
+    ``endpoint`` label takes only the known paths (anything else is ``other``), so that clients cannot
+    create series by inventing URLs.
+    """
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "scorer_http_requests",
+            "HTTP requests answered, by endpoint and status code.",
+            ["endpoint", "code"],
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "scorer_http_request_duration_seconds",
+            "Time from accepting the connection (one request each) to the end of the response, by endpoint.",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.scored = Counter("scorer_records_scored", "Records scored.", registry=registry)
+        self.rejected = Counter(
+            "scorer_records_rejected",
+            "Records rejected (returned in rejections), by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.model_info = Gauge(
+            "scorer_model_info",
+            "The model being served (value 1).",
+            ["model_name", "model_version", "task"],
+            registry=registry,
+        )
+        for reason in ("malformed_body", "missing_id", "invalid_value", "unknown_category", "model_error"):
+            self.rejected.labels(reason=reason)  # exported at 0 so that rate() works from the start
+
+
+def exposition(registry: CollectorRegistry = REGISTRY) -> tuple[bytes, str]:
+    """The registry in the Prometheus text format, and its content type, for a server of the caller's."""
+    return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -150,6 +150,8 @@ class Scorer:
         if nullable_ints:  # the model sees NaN for a null, as it did in training (pandas reads nulls so)
             features = features.astype(dict.fromkeys(nullable_ints, np.float64))
         labels, probabilities, failed = self._predict_isolating(features)
+        if probabilities is not None and not self.bundle.label_from_proba:
+            self._fail_unlisted_labels(labels, failed)
         for row in np.flatnonzero(failed):
             result.rejections.append(
                 Rejection(int(positions[row]), RejectReason.MODEL_ERROR, failed_reason(failed[row]))
@@ -219,10 +221,30 @@ class Scorer:
         probabilities = None if left[1] is None or right[1] is None else np.concatenate([left[1], right[1]])
         return labels, probabilities, np.concatenate([left[2], right[2]])
 
+    def _fail_unlisted_labels(self, labels: np.ndarray, failed: np.ndarray) -> None:
+        """A label from ``predict`` that is not among the classes has no probability to report: that row's
+        model error, never the batch's (which would stop the partition on every retry)."""
+        known = set(self._class_keys)
+        for row, label in enumerate(labels.tolist()):
+            if failed[row] is None and str(label) not in known:
+                failed[row] = f"it predicted {label!r}, which is not one of its classes {self._class_keys}"
+
     def _empty_probabilities(self, n: int) -> np.ndarray | None:
         return None if self._classes is None else np.zeros((n, len(self._classes)))
 
     def _predict(self, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
+        """One model call; outputs of the wrong shape raise here, inside the isolation of model errors."""
+        labels, probabilities = self._call_model(features)
+        n, width = len(features), len(self._class_keys)
+        if labels.shape != (n,) or probabilities is not None and probabilities.shape != (n, width):
+            shape = None if probabilities is None else probabilities.shape
+            raise ValueError(
+                f"the model returned labels of shape {labels.shape} and probabilities of shape {shape} "
+                f"for {n} rows and {width} classes"
+            )
+        return labels, probabilities
+
+    def _call_model(self, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
         estimator = self.bundle.estimator
         if self._classes is None:
             return np.asarray(estimator.predict(features), dtype=np.float64), None

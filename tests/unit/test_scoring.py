@@ -441,6 +441,52 @@ def test_label_probability_of_a_model_whose_label_is_not_the_argmax() -> None:
     assert result.label_probability == proba[np.arange(30), columns].tolist()
 
 
+class _SometimesUnsure(ClassifierMixin, BaseEstimator):
+    """Wraps a fitted binary model; ``predict`` says "unsure" (not a class) on rows with x1 > 0.5."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.classes_ = inner.classes_
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:  # noqa: N803 - scikit-learn's names
+        return self.inner.predict_proba(X)
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:  # noqa: N803
+        labels = self.inner.predict(X).astype(object)
+        labels[X["x1"].to_numpy() > 0.5] = "unsure"
+        return labels
+
+
+def test_a_label_outside_the_classes_rejects_that_row_not_the_batch() -> None:
+    base = binary()
+    bundle = dataclasses.replace(base, estimator=_SometimesUnsure(base.estimator), label_from_proba=False)
+    data = training_frame().iloc[:40]
+    unsure = set(np.flatnonzero(data["x1"].to_numpy() > 0.5).tolist())
+    assert 0 < len(unsure) < 40
+    result = Scorer(bundle).score(rows_of(data))
+    assert {r.index for r in result.rejections} == unsure
+    assert {r.reason for r in result.rejections} == {RejectReason.MODEL_ERROR}
+    assert "'unsure', which is not one of its classes ['no', 'yes']" in result.rejections[0].detail
+    assert result.indices == [i for i in range(40) if i not in unsure]
+    assert result.labels == base.estimator.predict(data[FEATURES].iloc[result.indices]).tolist()
+
+
+class _ThreeColumns(_SometimesUnsure):
+    """Answers three probability columns for a two-class problem."""
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:  # noqa: N803
+        return np.full((len(X), 3), 1 / 3)
+
+
+def test_outputs_of_the_wrong_shape_are_model_errors_of_the_rows_not_a_crash() -> None:
+    base = binary()
+    bundle = dataclasses.replace(base, estimator=_ThreeColumns(base.estimator))
+    result = Scorer(bundle).score(rows_of(training_frame().iloc[:8]))
+    assert len(result) == 0 and [r.index for r in result.rejections] == list(range(8))
+    assert {r.reason for r in result.rejections} == {RejectReason.MODEL_ERROR}
+    assert "probabilities of shape (1, 3) for 1 rows and 2 classes" in result.rejections[0].detail
+
+
 # --- encoding the columns ------------------------------------------------------------------------------------
 
 
