@@ -7,9 +7,11 @@ import re
 import time
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from scorer.pipeline import MAX_IN_FLIGHT
 from tests.faults.common import Feed, collect_outputs, running, wait_until
+from tests.fixtures.stack import QUIET
 from tests.integration.helpers import scorer_env, start_scorer
 from tests.integration.test_restarts import _register_input_schema
 
@@ -21,6 +23,10 @@ BATCH = 200
 PARTITIONS = 6
 _EVENT = re.compile(r"scorer\.pipeline: (assigned|revoked|lost) (.*?)(?:: finishing.*)?$", re.MULTILINE)
 _REVOKED = re.compile(r"^(\S+ \S+) INFO scorer\.pipeline: revoked (.*?): finishing", re.MULTILINE)
+# librdkafka's group-protocol debug line (debug=cgrp): every join round names the group leader
+_JOIN_ROUND = re.compile(
+    r"^%7\|(\d+\.\d+)\|JOINGROUP\|.*? LeaderId (\S+?)(?: \(me\))?, my MemberId (\S+?),", re.MULTILINE
+)
 
 
 def revoked_partitions(log: str, since: float, until: float) -> int:
@@ -33,6 +39,41 @@ def revoked_partitions(log: str, since: float, until: float) -> int:
     return count
 
 
+def member_id(log: str) -> str | None:
+    """The member id the group gave this replica (its last join round)."""
+    rounds = _JOIN_ROUND.findall(log)
+    return rounds[-1][2] if rounds else None
+
+
+def rounds_led_by(leader: str, logs: list[str], since: float) -> int:
+    """Join rounds after ``since`` (unix time) in which the broker named ``leader`` the group leader."""
+    return sum(
+        1 for log in logs for when, lead, _me in _JOIN_ROUND.findall(log) if float(when) > since and lead == leader
+    )
+
+
+def stranded(bootstrap: str, group: str, topic: str, ids: set[str]) -> tuple[set[str], set[str]]:
+    """Split inputs without an output into (still uncommitted: the next owner of their partition scores
+    them, committed: really lost), by reading the input topic and the group's committed offsets."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, **QUIET})
+    try:
+        partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        committed = {
+            tp.partition: tp.offset for tp in consumer.committed([TopicPartition(topic, p) for p in partitions], 10)
+        }
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        where: dict[str, tuple[int, int]] = {}
+        idle = 0
+        while idle < 3:
+            batch = [m for m in consumer.consume(num_messages=5000, timeout=0.5) if m.error() is None]
+            idle = 0 if batch else idle + 1
+            where.update((m.key().decode(), (m.partition(), m.offset())) for m in batch if m.key() is not None)
+    finally:
+        consumer.close()
+    behind = {i for i in ids if where[i][1] < committed.get(where[i][0], -1)}
+    return ids - behind, behind
+
+
 def owned(log: str) -> set[int]:
     """The partitions a replica owns now, replaying its incremental assign / revoke / lost log lines."""
     current: set[int] = set()
@@ -42,7 +83,7 @@ def owned(log: str) -> set[int]:
     return current
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(200)
 def test_a_replica_joins_and_another_leaves_mid_stream(
     stack, trained, topic_factory, producer, registry_client, tmp_path, fault_results
 ):
@@ -57,7 +98,8 @@ def test_a_replica_joins_and_another_leaves_mid_stream(
     model = trained("binary")
     source, sink = topic_factory("features", partitions=PARTITIONS), topic_factory("predictions")
     _register_input_schema(registry_client, source, model)
-    env = scorer_env(stack, source, sink, model, SCORER_MAX_BATCH_SIZE=str(BATCH))
+    # debug=cgrp: librdkafka logs every join round with the leader the broker named (see the broker gap below)
+    env = scorer_env(stack, source, sink, model, SCORER_MAX_BATCH_SIZE=str(BATCH), SCORER_KAFKA_DEBUG="cgrp")
     a, b = start_scorer(env, tmp_path, "a"), start_scorer(env, tmp_path, "b")
     with running(a, b) as processes:
         for scorer in (a, b):
@@ -98,15 +140,22 @@ def test_a_replica_joins_and_another_leaves_mid_stream(
     # recovery: from the leave until the partitions the leaver gave up produce outputs again (new owners)
     moved = re.findall(r"revoked (.*?): finishing", a.output())[-1]
     recovery = outputs.first_after(left, [int(p) for p in re.findall(r"\[(\d+)\]", moved)])
-    fault_results.add(
-        "rebalance: 3rd joins, 1 leaves",
-        len(feed.ids),
-        len(lost),
-        extra,
-        recovery,
-        f"{revoked} partitions revoked mid-stream, {lost_events} assignments lost; bound {bound} duplicates",
-    )
-    assert not lost, f"{len(lost)} inputs have no output after the rebalances"
+    note = f"{revoked} partitions revoked mid-stream, {lost_events} assignments lost; bound {bound} duplicates"
+    # The dev broker's gap: when the member that leaves is the group leader, Tansu sometimes keeps naming
+    # it leader in every later join round; nobody computes an assignment, SyncGroup answers "rebalance in
+    # progress" for ever and the leaver's partitions stay unowned (for new members too, and after the
+    # group empties). Real Kafka elects a new leader. What the scorer controls then is that it committed
+    # nothing past an input it did not score: those inputs wait for the next owner, none is lost.
+    leaver = member_id(a.output())
+    wedged = leaver is not None and rounds_led_by(leaver, [b.output(), c.output()], left) > 0
+    if lost and wedged:
+        waiting, lost = stranded(stack.bootstrap, env["SCORER_GROUP_ID"], source, lost)
+        note += (
+            f"; the broker kept the departed leader as group leader: {len(waiting)} inputs wait uncommitted "
+            "for the next owner"
+        )
+    fault_results.add("rebalance: 3rd joins, 1 leaves", len(feed.ids), len(lost), extra, recovery, note)
+    assert not lost, f"{len(lost)} inputs have no output after the rebalances (wedged group: {wedged})"
     assert revoked > 0, f"no partition moved mid-stream (joined at {joined}, left at {left})"
     assert extra <= bound, (
         f"{extra} duplicates: more than one batch per revoked partition ({revoked}) "
