@@ -151,6 +151,8 @@ class ScoringPipeline:
         self._pending: _Scoring | None = None  # the batch on the worker, produced before the next one
         self._down: set[str] = set()
         self._delivered: dict[tuple[str, int], int] = {}  # highest acknowledged offset + 1 per partition
+        self._owned: set[tuple[str, int]] = set()  # the partitions assigned to this replica now
+        self._rebalanced = False  # a rebalance callback ran during the current consume call
         self._counts = {"consumed": 0, "scored": 0, "rejected": 0}
         self.bundle: ModelBundle | None = None
         self._metrics_server: Any = None
@@ -286,7 +288,8 @@ class ScoringPipeline:
             timeout = min(timeout, SCORING_POLL_S)
         elif self._inflight:  # acknowledgements are due: come back soon to commit them
             timeout = min(timeout, IN_FLIGHT_POLL_S)
-        messages = consume_available(self.consumer, wanted, timeout)
+        self._rebalanced = False
+        messages = self._current(consume_available(self.consumer, wanted, timeout))
         if messages and "broker" in self._down and messages[0].error() is None:
             self._mark("broker", down=False)  # records arrive: the broker is reachable again
         for message in messages:
@@ -298,6 +301,20 @@ class ScoringPipeline:
             else:
                 log.warning("consumer error: %s", error.str())
         window.opened(len(self._collected))
+
+    def _current(self, messages: list[Message]) -> list[Message]:
+        """``messages`` without those of partitions this replica no longer owns.
+
+        A consume call during which a rebalance callback ran can return records fetched before it, of
+        partitions just revoked or lost (confluent-kafka-python issue #1013). Scoring them would commit
+        their partition past records the revoke or loss dropped, after the new owner started from the
+        old commit: those records would be lost. Only such calls are filtered (``_collect`` clears the
+        flag before each), as librdkafka discards outdated fetches itself in later calls.
+        """
+        if not self._rebalanced:
+            return messages
+        owned = self._owned
+        return [m for m in messages if m.error() is not None or (m.topic(), m.partition()) in owned]
 
     def _drain(self) -> None:
         deadline = self._clock() + self.settings.drain_timeout_s
@@ -429,7 +446,8 @@ class ScoringPipeline:
         try:
             deadline = self._clock() + seconds
             while self._clock() < deadline:
-                for message in self.consumer.consume(num_messages=1000, timeout=min(0.2, seconds)):
+                self._rebalanced = True  # the slow path: always filter (the flag stays set for the caller)
+                for message in self._current(self.consumer.consume(num_messages=1000, timeout=min(0.2, seconds))):
                     if message.error() is None:
                         self._collected.append(message)  # fetched before the pause: scored next, in order
                 self.producer.poll(0)
@@ -515,6 +533,9 @@ class ScoringPipeline:
             # everything acknowledged so far, synchronously: an earlier asynchronous commit may have failed
             # (e.g. during a rebalance) and must not be lost with the partitions
             offsets = dict(self._delivered)
+        # a batch read before its partition was lost is delivered (its outputs exist) but its offsets are
+        # no longer this replica's to commit: the new owner's commits would be overwritten with stale ones
+        offsets = {key: offset for key, offset in offsets.items() if key in self._owned}
         if offsets:
             started = time.perf_counter()
             try:
@@ -635,6 +656,8 @@ class ScoringPipeline:
 
     # ----------------------------------------------------------------- callbacks
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._rebalanced = True
+        self._owned.update((p.topic, p.partition) for p in partitions)
         log.info("assigned %s", _describe(partitions))
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -649,6 +672,8 @@ class ScoringPipeline:
         self._settle(until=0)
         for p in partitions:
             self._delivered.pop((p.topic, p.partition), None)
+            self._owned.discard((p.topic, p.partition))
+        self._rebalanced = True
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions lost without a clean revoke cannot be committed: drop their records (a new owner replays)."""
@@ -656,6 +681,8 @@ class ScoringPipeline:
         self._collected = [m for m in self._collected if (m.topic(), m.partition()) not in lost]
         for key in lost:
             self._delivered.pop(key, None)
+        self._owned -= lost
+        self._rebalanced = True
         log.warning("lost %s", _describe(partitions))
 
     def _on_client_error(self, error: KafkaError) -> None:
