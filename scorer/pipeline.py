@@ -151,6 +151,7 @@ class ScoringPipeline:
         self._pending: _Scoring | None = None  # the batch on the worker, produced before the next one
         self._down: set[str] = set()
         self._delivered: dict[tuple[str, int], int] = {}  # highest acknowledged offset + 1 per partition
+        self._committed: dict[tuple[str, int], int] = {}  # what the last synchronous commits stored
         self._owned: set[tuple[str, int]] = set()  # the partitions assigned to this replica now
         self._rebalanced = False  # a rebalance callback ran during the current consume call
         self._counts = {"consumed": 0, "scored": 0, "rejected": 0}
@@ -535,11 +536,18 @@ class ScoringPipeline:
             offsets = dict(self._delivered)
         # a batch read before its partition was lost is delivered (its outputs exist) but its offsets are
         # no longer this replica's to commit: the new owner's commits would be overwritten with stale ones
-        offsets = {key: offset for key, offset in offsets.items() if key in self._owned}
+        # and what a synchronous commit already stored is not sent again: the drain commits everything, then
+        # closing the consumer revokes the partitions, and a commit there has nothing to add but can wait
+        # for a coordinator the closing group no longer has (a SIGTERMed replica on the dev broker hung
+        # past its drain timeout right after that revoke)
+        committed = self._committed
+        offsets = {k: v for k, v in offsets.items() if k in self._owned and committed.get(k) != v}
         if offsets:
             started = time.perf_counter()
             try:
                 commit_offsets(self.consumer, offsets, asynchronous=until > 0)
+                if until == 0:
+                    committed.update(offsets)
             except KafkaClientError as exc:
                 if exc.fatal:
                     raise
@@ -672,6 +680,7 @@ class ScoringPipeline:
         self._settle(until=0)
         for p in partitions:
             self._delivered.pop((p.topic, p.partition), None)
+            self._committed.pop((p.topic, p.partition), None)
             self._owned.discard((p.topic, p.partition))
         self._rebalanced = True
 
@@ -681,6 +690,7 @@ class ScoringPipeline:
         self._collected = [m for m in self._collected if (m.topic(), m.partition()) not in lost]
         for key in lost:
             self._delivered.pop(key, None)
+            self._committed.pop(key, None)
         self._owned -= lost
         self._rebalanced = True
         log.warning("lost %s", _describe(partitions))
