@@ -94,6 +94,12 @@ KEEP_ALIVE_AFTER_S = 1.0
 """A batch still scoring after this long pauses the partitions and keeps polling (see ``_await_scores``)."""
 MAX_IN_FLIGHT = 4
 """Batches produced but not yet acknowledged before the loop waits: bounds memory and replay after a crash."""
+REPLAY_AFTER_CRASH = MAX_IN_FLIGHT + 1
+"""Batches a crash can replay: those awaiting acknowledgements plus the one being produced."""
+REPLAY_AFTER_LOSS = MAX_IN_FLIGHT + 2
+"""Batches a lost assignment (the group expired this replica, e.g. during a broker outage) can replay: as
+after a crash, plus the batch the model scored meanwhile, which is still produced (its outputs are
+delivered) but no longer committed, as its partitions are not this replica's any more."""
 
 
 @dataclass

@@ -10,7 +10,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from scorer.devstack import free_port
-from scorer.pipeline import MAX_IN_FLIGHT
+from scorer.pipeline import REPLAY_AFTER_LOSS
 from tests.faults.common import Feed, TansuBroker, collect_outputs, metric, running, scorer_with_metrics, wait_until
 from tests.faults.proxy import TcpProxy
 from tests.fixtures.stack import QUIET, Stack
@@ -110,6 +110,6 @@ def test_broker_connection_cut_and_restored(stack, trained, registry_client, pro
     if not during or any(v != 0 for v in during):
         problems.append(f"scorer_ready while the broker refused connections (from {GRACE_S} s in): {during}")
     # the group expires the unreachable member: its uncommitted batches are scored again by the next owner
-    if extra > (MAX_IN_FLIGHT + 1) * BATCH:
-        problems.append(f"{extra} duplicates: more than the {MAX_IN_FLIGHT + 1} uncommitted batches of {BATCH}")
+    if extra > REPLAY_AFTER_LOSS * BATCH:
+        problems.append(f"{extra} duplicates: more than the {REPLAY_AFTER_LOSS} uncommitted batches of {BATCH}")
     assert not problems, "; ".join(problems)

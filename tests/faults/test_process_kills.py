@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from scorer.pipeline import MAX_IN_FLIGHT
+from scorer.pipeline import REPLAY_AFTER_CRASH
 from tests.faults.common import Feed, collect_outputs, running, wait_until
 from tests.integration.helpers import scorer_env, start_scorer
 from tests.integration.test_restarts import _register_input_schema
@@ -29,7 +29,7 @@ def test_five_sigkills_during_one_run_lose_nothing(
 
     At-least-once: a kill replays what was produced but not yet committed, which is at most the
     ``MAX_IN_FLIGHT`` batches awaiting acknowledgement plus the one being produced. So per kill at most
-    ``(MAX_IN_FLIGHT + 1) * batch size`` duplicates, and nothing lost.
+    ``REPLAY_AFTER_CRASH * batch size`` duplicates, and nothing lost.
     """
     model = trained("binary")
     source, sink = topic_factory("features"), topic_factory("predictions")
@@ -62,7 +62,7 @@ def test_five_sigkills_during_one_run_lose_nothing(
 
     lost, extra = outputs.account(feed.ids)
     recovery = [outputs.first_after(t) for t in restarts]
-    bound = KILLS * (MAX_IN_FLIGHT + 1) * KILL_BATCH
+    bound = KILLS * REPLAY_AFTER_CRASH * KILL_BATCH
     fault_results.add(
         f"SIGKILL ×{KILLS} + restart",
         len(feed.ids),

@@ -9,7 +9,7 @@ import time
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from scorer.pipeline import MAX_IN_FLIGHT
+from scorer.pipeline import REPLAY_AFTER_LOSS
 from tests.faults.common import Feed, collect_outputs, running, wait_until
 from tests.fixtures.stack import QUIET
 from tests.integration.helpers import scorer_env, start_scorer
@@ -93,7 +93,7 @@ def test_a_replica_joins_and_another_leaves_mid_stream(
     batch per revoked partition is scored twice (by the old and the new owner), and nothing is lost. If
     the group declares an assignment lost instead (the dev broker sometimes answers a commit made while a
     rebalance is in progress with ILLEGAL_GENERATION), that replica's delivered but uncommitted batches
-    are replayed as after a crash: at most ``MAX_IN_FLIGHT + 1`` batches more.
+    are replayed: at most ``REPLAY_AFTER_LOSS`` batches more.
     """
     model = trained("binary")
     source, sink = topic_factory("features", partitions=PARTITIONS), topic_factory("predictions")
@@ -136,7 +136,7 @@ def test_a_replica_joins_and_another_leaves_mid_stream(
     lost_events = sum(log.count(" WARNING scorer.pipeline: lost ") for log in logs)
     # a lost assignment (the group said the member's generation is gone) is not a clean revoke: what was
     # delivered but not committed is replayed, as after a crash: at most the in-flight batches + 1
-    bound = revoked * BATCH + lost_events * (MAX_IN_FLIGHT + 1) * BATCH
+    bound = revoked * BATCH + lost_events * REPLAY_AFTER_LOSS * BATCH
     # recovery: from the leave until the partitions the leaver gave up produce outputs again (new owners)
     moved = re.findall(r"revoked (.*?): finishing", a.output())[-1]
     recovery = outputs.first_after(left, [int(p) for p in re.findall(r"\[(\d+)\]", moved)])
@@ -159,5 +159,5 @@ def test_a_replica_joins_and_another_leaves_mid_stream(
     assert revoked > 0, f"no partition moved mid-stream (joined at {joined}, left at {left})"
     assert extra <= bound, (
         f"{extra} duplicates: more than one batch per revoked partition ({revoked}) "
-        f"and {MAX_IN_FLIGHT + 1} batches per lost assignment ({lost_events})"
+        f"and {REPLAY_AFTER_LOSS} batches per lost assignment ({lost_events})"
     )
