@@ -68,6 +68,7 @@ from scorer.kafka import (
 )
 from scorer.metrics import ScorerMetrics, serve_metrics
 from scorer.registry import Registry, retry_unavailable
+from scorer.runtime import settle_heap
 from scorer.schema import check_readable, prediction_schema
 from scorer.scoring import Scorer, ScoreResult, limit_model_threads
 from scorer.types import Rejection, SourceRef
@@ -199,6 +200,7 @@ class ScoringPipeline:
         self.consumer.subscribe(
             [s.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
+        settle_heap()  # the libraries and the model are loaded: keep the collector off them (scorer.runtime)
         self.metrics.ready.set(1)
 
     def _new_producer(self) -> Producer:

@@ -57,6 +57,7 @@ from scorer.bundle import ModelBundle, load_bundle
 from scorer.config import ServeSettings, env_name, flag_name
 from scorer.errors import ConfigError, RejectReason
 from scorer.metrics import ServeMetrics, exposition
+from scorer.runtime import settle_heap
 from scorer.schema import Feature
 from scorer.scoring import Scorer, limit_model_threads
 from scorer.types import Rejection
@@ -262,6 +263,7 @@ class ScoringService:
                 s.host,
             )
         shown = f"[{host}]" if family == socket.AF_INET6 else host
+        settle_heap()  # start-up objects out of the collector's way (scorer.runtime)
         log.info("serving on http://%s:%d", shown, port)
 
     def _use(self, bundle: ModelBundle) -> None:

@@ -33,6 +33,7 @@ from scorer.join import JoinedRow, LabelJoiner, PredictionFacts
 from scorer.kafka import create_consumer
 from scorer.metrics import SCORE_BOUNDS, EvaluationCollector, EvaluationView, WindowView, serve_metrics
 from scorer.registry import Registry, retry_unavailable
+from scorer.runtime import settle_heap
 
 __all__ = ["EvaluationSidecar"]
 
@@ -69,6 +70,7 @@ class EvaluationSidecar:
         self.consumer.subscribe(
             [s.predictions_topic, s.labels_topic], on_assign=self._on_assign, on_revoke=self._on_revoke
         )
+        settle_heap()  # start-up objects out of the collector's way (scorer.runtime)
         log.info(
             "evaluating %s against %s; windows %s + last %d",
             s.predictions_topic,

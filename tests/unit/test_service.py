@@ -229,5 +229,7 @@ def test_the_service_imports_no_kafka_code() -> None:
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     ours = {name for name in imported if name.startswith("scorer")}
-    assert ours <= {f"scorer.{m}" for m in ("bundle", "config", "errors", "metrics", "schema", "scoring", "types")}
+    assert ours <= {
+        f"scorer.{m}" for m in ("bundle", "config", "errors", "metrics", "runtime", "schema", "scoring", "types")
+    }
     assert not any(name.startswith("confluent_kafka") for name in imported)
