@@ -542,12 +542,11 @@ class ScoringPipeline:
             # everything acknowledged so far, synchronously: an earlier asynchronous commit may have failed
             # (e.g. during a rebalance) and must not be lost with the partitions
             offsets = dict(self._delivered)
-        # a batch read before its partition was lost is delivered (its outputs exist) but its offsets are
-        # no longer this replica's to commit: the new owner's commits would be overwritten with stale ones
-        # and what a synchronous commit already stored is not sent again: the drain commits everything, then
-        # closing the consumer revokes the partitions, and a commit there has nothing to add but can wait
-        # for a coordinator the closing group no longer has (a SIGTERMed replica on the dev broker hung
-        # past its drain timeout right after that revoke)
+        # Only partitions this replica owns: a batch read before its partition was lost is delivered (its
+        # outputs exist), but committing it would overwrite the new owner's commits with stale ones.
+        # And nothing a synchronous commit already stored: the drain commits everything, then closing the
+        # consumer revokes the partitions; a commit there has nothing to add but can wait for a coordinator
+        # the closing group no longer has (a SIGTERMed replica on the dev broker hung there once).
         committed = self._committed
         offsets = {k: v for k, v in offsets.items() if k in self._owned and committed.get(k) != v}
         if offsets:
