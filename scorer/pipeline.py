@@ -320,8 +320,9 @@ class ScoringPipeline:
         old commit: those records would be lost. Only such calls are filtered (``_collect`` clears the
         flag before each), as librdkafka discards outdated fetches itself in later calls.
         """
-        if not self._rebalanced:
-            return messages
+        return self._owned_only(messages) if self._rebalanced else messages
+
+    def _owned_only(self, messages: list[Message]) -> list[Message]:
         owned = self._owned
         return [m for m in messages if m.error() is not None or (m.topic(), m.partition()) in owned]
 
@@ -455,8 +456,8 @@ class ScoringPipeline:
         try:
             deadline = self._clock() + seconds
             while self._clock() < deadline:
-                self._rebalanced = True  # the slow path: always filter (the flag stays set for the caller)
-                for message in self._current(self.consumer.consume(num_messages=1000, timeout=min(0.2, seconds))):
+                # the slow path: always filter (a rebalance callback in this call also sets the caller's flag)
+                for message in self._owned_only(self.consumer.consume(num_messages=1000, timeout=min(0.2, seconds))):
                     if message.error() is None:
                         self._collected.append(message)  # fetched before the pause: scored next, in order
                 self.producer.poll(0)
