@@ -237,15 +237,23 @@ def _field_diff(training: TrainingSchema, writer: dict[str, Any]) -> list[str]:
     return differences
 
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
-"""The checked-in Avro contracts (schemas/*.avsc at the top of the repository)."""
+def _contract_dir() -> Path:
+    """Where the Avro contracts are: inside an installed package (``scorer/schemas``, see pyproject.toml)
+    or, in a source tree and an editable install, ``schemas/`` at the top of the repository."""
+    package = Path(__file__).resolve().parent
+    installed = package / "schemas"
+    return installed if installed.is_dir() else package.parent / "schemas"
+
+
+SCHEMA_DIR = _contract_dir()
+"""The checked-in Avro contracts (schemas/*.avsc)."""
 
 
 def load_contract(name: str) -> dict[str, Any]:
     """Load ``schemas/<name>.avsc``: the documented record formats for downstream consumers."""
     path = SCHEMA_DIR / f"{name}.avsc"
     if not path.is_file():
-        raise SchemaError(f"{path} is missing: scorer must run from its source tree or an image that has schemas/")
+        raise SchemaError(f"{path} is missing: reinstall scorer (the wheel ships schemas/*.avsc as scorer/schemas)")
     return dict(json.loads(path.read_text()))
 
 
