@@ -166,7 +166,8 @@ def run_demo(records: int = 3000, rate: float = 1000.0, keep_state: Path | None 
         _print_sample(predictions)
         _print_dead_letters(dead)
         print(
-            f"\nsummary: {records + 1 + len(dead)} in, {len(predictions)} predictions, {len(dead)} dead letters, {elapsed:.1f} s"
+            f"\nsummary: {records + 1 + len(dead)} in, {len(predictions)} predictions, {len(dead)} dead letters, "
+            f"{elapsed:.1f} s, {len(predictions) / elapsed:,.0f} predictions/s (input paced at {rate:,.0f}/s)"
         )
         _print_scorer_metrics(_scrape(scorer_port))
         evaluation = _wait_for_joins(evaluate_port, expected=labels.count)
