@@ -14,7 +14,8 @@ from __future__ import annotations
 import io
 import json
 import struct
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -106,17 +107,30 @@ class FeatureDecoder:
     record with fastavro, which isolates the bad ones. Both paths give the same frame.
 
     A writer schema the training schema cannot read is remembered as incompatible: its records are
-    rejected with the fields that differ, at the cost of one registry lookup per schema id.
+    rejected with the fields that differ, at the cost of one registry lookup per schema id. An id the
+    registry does not know is remembered for ``UNKNOWN_ID_TTL_S``: a stream of garbage whose bytes 1-4
+    happen to differ would otherwise cost a registry call per distinct id per batch (neither the registry
+    client nor fastavro caches a miss), while a schema registered late is still found soon after.
     """
 
+    UNKNOWN_ID_TTL_S = 10.0
+    MAX_UNKNOWN_IDS = 10_000
+
     def __init__(
-        self, training: TrainingSchema, id_field: str, lookup: SchemaLookup, max_record_bytes: int = 1_000_000
+        self,
+        training: TrainingSchema,
+        id_field: str,
+        lookup: SchemaLookup,
+        max_record_bytes: int = 1_000_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._training = training
         self._max_record_bytes = max_record_bytes
         self._id_field = id_field
         self._lookup = lookup
         self._cache: dict[int, _WriterEntry] = {}
+        self._unknown: dict[int, float] = {}  # schema id -> when to ask the registry again
+        self._clock = clock
         self._columns = list(dict.fromkeys([*training.feature_names, id_field]))
         self._types = {f.name: _POLARS_TYPES[f.type] for f in training.features}
         self._kinds = {f.name: f.type for f in training.features}
@@ -224,9 +238,16 @@ class FeatureDecoder:
         cached = self._cache.get(schema_id)
         if cached is not None:
             return cached
+        now = self._clock()
+        if self._unknown.get(schema_id, now) > now:
+            return None
         writer_text = _writer_schema(self._lookup, schema_id)
         if writer_text is None:
+            if len(self._unknown) >= self.MAX_UNKNOWN_IDS:
+                self._unknown.clear()  # a bound on memory, not a policy: the next misses are asked again
+            self._unknown[schema_id] = now + self.UNKNOWN_ID_TTL_S
             return None
+        self._unknown.pop(schema_id, None)
         try:  # the text, not parsed JSON: a non-record or non-JSON writer schema is a difference, not a crash
             differences = check_readable(self._training, writer_text) or self._id_differences(writer_text)
         except SchemaError as exc:

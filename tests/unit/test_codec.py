@@ -320,6 +320,20 @@ def test_lookup_is_called_once_per_schema_id_across_batches(decoder: FeatureDeco
     assert lookup.calls == Counter({WRITER_ID: 1, INCOMPATIBLE_ID: 1})
 
 
+def test_an_unknown_schema_id_is_asked_again_only_after_a_while(lookup: DictLookup) -> None:
+    now = [0.0]
+    decoder = FeatureDecoder(training_schema(), "id", lookup, clock=lambda: now[0])
+    garbage = frame_value(UNKNOWN_ID, b"\x02a")
+    for _ in range(3):
+        (rejection,) = decoder.decode([garbage]).rejections
+        assert rejection.reason is RejectReason.UNKNOWN_SCHEMA_ID
+    assert lookup.calls[UNKNOWN_ID] == 1, "a flood of one unknown id costs one registry call, not one per batch"
+    lookup.schemas[UNKNOWN_ID] = WRITER  # registered late (for example a lagging registry replica)
+    now[0] = FeatureDecoder.UNKNOWN_ID_TTL_S + 0.1
+    assert decoder.decode([frame_value(UNKNOWN_ID, body(WRITER, event(1)))]).indices == [0], "found once asked again"
+    assert lookup.calls[UNKNOWN_ID] == 2
+
+
 def test_registry_unavailable_propagates_and_is_retried_later(lookup: DictLookup) -> None:
     down = {"down": True}
 
