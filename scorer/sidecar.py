@@ -8,8 +8,9 @@ time.
 
 Restarts never double-count because the sidecar keeps no offsets: on every assignment it seeks back
 ``rebuild_span_s`` (by record timestamp) and rebuilds windows and pending joins from the topics. The
-joiner's clock is the largest record timestamp seen, so a rebuild reproduces the same expiries as the
-live run did. What a rebuild cannot recover is anything older than the span.
+joiner's clock is the largest record timestamp seen, not the wall clock, so a replay expires by the same
+rule as the live run (the README's "Restarts" says where the rebuilt state can still differ). What a
+rebuild cannot recover is anything older than the span.
 
 May import: L0-L2 modules (through adapters for Kafka, the registry and Prometheus).
 """
