@@ -182,6 +182,12 @@ def build_bundle(
         if task == "binary" and positive_class not in classes:
             raise BundleError(f"positive class {positive_class!r} is not one of the model's classes {classes}")
     if task == "regression":
+        if classes is not None and not all(isinstance(c, int | float) for c in classes):
+            # scoring turns each prediction into a double: "yes" would dead-letter every record
+            raise BundleError(
+                f"task 'regression' needs a model that predicts numbers; this one predicts the classes {classes}: "
+                "use task 'binary' or 'multiclass'"
+            )
         schema = replace(schema, label_type="double")
         classes, positive_class = None, None
     _check_feature_names(estimator, schema)

@@ -65,6 +65,8 @@ _ERRORS: dict[int, tuple[int, str]] = {  # Confluent's error codes, HTTP statuse
     40405: (404, "Subject '{}' was not deleted first before being permanently deleted"),
     40407: (404, "Subject '{}' Version {} was not deleted first before being permanently deleted"),
     40408: (404, "Subject '{}' does not have subject-level compatibility configured"),
+    # 40901 is INCOMPATIBLE_SCHEMA_ERROR_CODE in Confluent's current Errors.java; older releases sent 409 (the
+    # HTTP status) as the code, so clients should key on the HTTP status, 409 in both.
     40901: (409, 'Schema being registered is incompatible with an earlier schema for subject "{}", details: {}'),
     42201: (422, "Invalid schema: {}"),
     42202: (

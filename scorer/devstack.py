@@ -30,6 +30,8 @@ from scorer.errors import ScorerError
 __all__ = ["DevStack", "default_state_dir", "free_port", "status", "stop", "up"]
 
 STATE_FILE = "state.json"
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+"""Probes the loopback registry directly: an ``http_proxy`` in the environment must not relay it."""
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 """Processes this interpreter started: kept so they are reaped (and not reported as leaked) on stop."""
 
@@ -72,7 +74,21 @@ def _alive(pid: int) -> bool:
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:
             return False
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited but its parent has not reaped it yet.
+
+    ``scorer dev up`` exits after starting the stack, so ``down`` stops processes that are not its children:
+    their exit is collected by init, which may take seconds, or never (a container whose PID 1 does not
+    reap). Waiting for the PID to vanish would then hang ``down``. Without ``/proc`` (macOS) this says no.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]  # the state follows "(command name)"
 
 
 def status(state_dir: Path) -> DevStack | None:
@@ -210,7 +226,7 @@ def _wait_for_http(url: str, process: subprocess.Popen[bytes], log_path: Path, t
         if process.poll() is not None:
             raise ScorerError(f"the registry exited with {process.returncode}; see {log_path}")
         try:
-            with urllib.request.urlopen(url + "/subjects", timeout=1):  # noqa: S310 - loopback URL we built
+            with _DIRECT.open(url + "/subjects", timeout=1):
                 return
         except OSError:
             time.sleep(0.1)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import joblib
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,7 +18,9 @@ from sklearn.svm import LinearSVC
 from sklearn.tree import DecisionTreeClassifier
 
 from scorer.bundle import ModelBundle, build_bundle, load_bundle, read_table
+from scorer.cli import main
 from scorer.errors import BundleError
+from scorer.scoring import Scorer
 
 FEATURES = ["x1", "x2"]
 
@@ -135,6 +138,14 @@ def test_classification_task_for_a_regressor_is_refused() -> None:
         build_bundle(model, data, "amount", "m", "1", task="multiclass")
 
 
+def test_regression_task_for_a_classifier_of_strings_is_refused() -> None:
+    """Its predictions ("yes") cannot be doubles: every record would be dead-lettered at scoring time."""
+    data = training("binary")
+    model = LogisticRegression().fit(data[FEATURES], data["binary"])
+    with pytest.raises(BundleError, match=r"task 'regression' needs a model that predicts numbers; .*'no', 'yes'"):
+        build_bundle(model, data, "binary", "m", "1", task="regression")
+
+
 def test_an_estimator_that_is_neither_classifier_nor_regressor_is_refused() -> None:
     data = training("amount")
     scaler = StandardScaler().fit(data[FEATURES])
@@ -242,6 +253,71 @@ def test_decision_tree_bundle_round_trips_with_string_labels(tmp_path: Path) -> 
     build_bundle(model, data, "binary", "tree", "1", positive_class="no").save(tmp_path)
     loaded = load_bundle(tmp_path)
     assert (loaded.classes, loaded.positive_class, loaded.label_from_proba) == (("no", "yes"), "no", True)
+
+
+# --- task override, accepted ----------------------------------------------------------------------------------
+
+
+def save_with_task(via: str, estimator: Any, data: pd.DataFrame, label: str, task: Any, out: Path) -> None:
+    """Build and save a bundle with ``task`` forced, through the Python API or ``scorer bundle``."""
+    if via == "api":
+        build_bundle(estimator, data, label, "forced", "1", task=task).save(out)
+        return
+    joblib.dump(estimator, out.parent / "model.joblib")
+    data.to_csv(out.parent / "train.csv", index=False)
+    args = ["bundle", str(out.parent / "model.joblib"), "--training-data", str(out.parent / "train.csv")]
+    assert main([*args, "--label", label, "--name", "forced", "--version", "1", "--out", str(out), "--task", task]) == 0
+
+
+def scored(directory: Path) -> list[dict[str, Any]]:
+    """Predictions for the first rows of the training data, by the bundle loaded back from disk."""
+    rows = frame()[FEATURES].head(20).assign(id=[f"r{i}" for i in range(20)])
+    return Scorer(load_bundle(directory)).score(rows.to_dict("records")).predictions
+
+
+@pytest.mark.parametrize("via", ["api", "cli"])
+def test_two_class_model_forced_to_multiclass_scores_every_class_and_no_positive_one(
+    tmp_path: Path, via: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two classes of which neither is "positive" (say cat and dog): consumers get a map, not one probability."""
+    data = training("binary")
+    model = LogisticRegression().fit(data[FEATURES], data["binary"])
+    save_with_task(via, model, data, "binary", "multiclass", tmp_path / "bundle")
+    if via == "cli":
+        assert f"bundle forced 1 (multiclass, joblib) written to {tmp_path / 'bundle'}" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
+    assert (meta["task"], meta["classes"], meta["positive_class"]) == ("multiclass", ["no", "yes"], None)
+    loaded = load_bundle(tmp_path / "bundle")
+    assert (loaded.task, loaded.classes, loaded.positive_class) == ("multiclass", ("no", "yes"), None)
+    predictions = scored(tmp_path / "bundle")
+    assert all(p["scored_probability"] is None for p in predictions)  # binary would fill it
+    for p in predictions:
+        assert set(p["scored_probabilities"]) == {"no", "yes"}
+        assert p["scored_probabilities"][p["scored_label"]] == p["scored_label_probability"]
+    np.testing.assert_array_equal([p["scored_label"] for p in predictions], model.predict(frame()[FEATURES].head(20)))
+
+
+@pytest.mark.parametrize("via", ["api", "cli"])
+def test_classifier_of_integer_classes_forced_to_regression_scores_numbers(
+    tmp_path: Path, via: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An ordinal classifier (tiers 0, 1, 2) whose consumers want a number: double labels, no probabilities."""
+    data = training("multi")
+    model = LogisticRegression().fit(data[FEATURES], data["multi"])
+    save_with_task(via, model, data, "multi", "regression", tmp_path / "bundle")
+    if via == "cli":
+        assert f"bundle forced 1 (regression, joblib) written to {tmp_path / 'bundle'}" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
+    assert (meta["task"], meta["classes"], meta["positive_class"]) == ("regression", None, None)
+    assert (meta["probability_source"], meta["schema"]["label_type"]) == ("none", "double")
+    loaded = load_bundle(tmp_path / "bundle")
+    assert (loaded.task, loaded.classes, loaded.schema.label_type) == ("regression", None, "double")
+    predictions = scored(tmp_path / "bundle")
+    labels = [p["scored_label"] for p in predictions]
+    assert all(type(label) is float for label in labels)  # the prediction schema types scored_label double
+    assert labels == [float(v) for v in model.predict(frame()[FEATURES].head(20))]
+    assert {0.0, 1.0, 2.0} >= set(labels) and len(set(labels)) > 1
+    assert all(p["scored_probabilities"] is None and p["scored_label_probability"] is None for p in predictions)
 
 
 # --- read_table ----------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from scorer.devregistry import CONTENT_TYPE, make_server
+from scorer.devregistry import COMPATIBILITY_LEVELS, CONTENT_TYPE, make_server
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never route loopback via a proxy
 
@@ -153,7 +153,8 @@ def test_transitive_checks_every_version_but_plain_only_the_latest(base: str) ->
     _three_versions(base, "plain", "BACKWARD")
     _three_versions(base, "trans", "BACKWARD_TRANSITIVE")
     assert register(base, "plain", v3)[0] == 200
-    assert register(base, "trans", v3)[0] == 409
+    status, error = register(base, "trans", v3)
+    assert (status, error["error_code"]) == (409, 40901)
     # ``latest`` compares with the latest version only, even under a transitive level...
     body = {"schema": json.dumps(v3)}
     assert call(base, "POST", "/compatibility/subjects/trans/versions/latest", body)[1]["is_compatible"] is True
@@ -161,6 +162,82 @@ def test_transitive_checks_every_version_but_plain_only_the_latest(base: str) ->
     assert call(base, "POST", "/compatibility/subjects/trans/versions", body)[1]["is_compatible"] is False
     status, verdict = call(base, "POST", "/compatibility/subjects/trans/versions/1?verbose=true", body)
     assert status == 200 and verdict["is_compatible"] is False and verdict["messages"]
+
+
+def _record(*fields: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "record", "name": "R", "fields": list(fields)}
+
+
+_ID, _SCORE = {"name": "id", "type": "long"}, {"name": "score", "type": "int"}
+CHANGES = {  # each a change from _record(_ID, _SCORE)
+    "add_field_without_default": _record(_ID, _SCORE, {"name": "email", "type": "string"}),
+    "add_field_with_default": _record(_ID, _SCORE, {"name": "email", "type": "string", "default": ""}),
+    "drop_field_without_default": _record(_ID),
+    "widen_int_to_long": _record(_ID, {"name": "score", "type": "long"}),
+}
+# BACKWARD: the new schema reads old data (a new field needs a default; int data promotes to long).
+# FORWARD: old schemas read new data (a dropped field needs a default there; a long does not fit an int).
+# FULL: both. With a single earlier version the transitive levels decide exactly as the plain ones.
+ACCEPTED = {
+    "NONE": set(CHANGES),
+    "BACKWARD": {"add_field_with_default", "drop_field_without_default", "widen_int_to_long"},
+    "FORWARD": {"add_field_without_default", "add_field_with_default"},
+    "FULL": {"add_field_with_default"},
+}
+NEW_CANNOT_READ_OLD = "the new schema cannot read data written with version 1"
+OLD_CANNOT_READ_NEW = "version 1 cannot read data written with the new schema"
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+@pytest.mark.parametrize("level", COMPATIBILITY_LEVELS)
+def test_every_level_accepts_exactly_the_changes_it_allows(base: str, level: str, change: str) -> None:
+    subject = f"level-{level}-{change}".lower()
+    assert call(base, "PUT", f"/config/{subject}", {"compatibility": level}) == (200, {"compatibility": level})
+    assert register(base, subject, _record(_ID, _SCORE))[0] == 200
+    plain = level.removesuffix("_TRANSITIVE")
+    accepted = change in ACCEPTED[plain]
+    body = {"schema": json.dumps(CHANGES[change])}
+    _, dry_run = call(base, "POST", f"/compatibility/subjects/{subject}/versions", body)
+    assert dry_run == {"is_compatible": accepted}, "the compatibility test must predict the registration"
+    status, answer = register(base, subject, CHANGES[change])
+    if accepted:
+        assert status == 200 and set(answer) == {"id"}
+        assert call(base, "GET", f"/subjects/{subject}/versions") == (200, [1, 2])
+        return
+    assert (status, answer["error_code"]) == (409, 40901)
+    assert f"{level}: " in answer["message"]  # names the rule that refused it...
+    # ...and which way the data cannot be read
+    if plain in ("BACKWARD", "FULL") and change not in ACCEPTED["BACKWARD"]:
+        assert NEW_CANNOT_READ_OLD in answer["message"]
+    if plain in ("FORWARD", "FULL") and change not in ACCEPTED["FORWARD"]:
+        assert OLD_CANNOT_READ_NEW in answer["message"]
+    assert call(base, "GET", f"/subjects/{subject}/versions") == (200, [1])
+
+
+@pytest.mark.parametrize(
+    ("level", "accepted"),
+    [("FORWARD", True), ("FORWARD_TRANSITIVE", False), ("FULL", True), ("FULL_TRANSITIVE", False)],
+)
+def test_forward_and_full_transitive_check_every_version(base: str, level: str, accepted: bool) -> None:
+    """v1 {a, b}, v2 {a, b=0}, v3 {a}: a v2 reader fills the missing b with its default, a v1 reader cannot."""
+    subject = f"history-{level}".lower()
+    a, b = {"name": "a", "type": "int"}, {"name": "b", "type": "int"}
+    assert call(base, "PUT", f"/config/{subject}", {"compatibility": "NONE"})[0] == 200
+    for fields in ([a, b], [a, {**b, "default": 0}]):
+        assert register(base, subject, _record(*fields))[0] == 200
+    assert call(base, "PUT", f"/config/{subject}", {"compatibility": level})[0] == 200
+    v3 = {"schema": json.dumps(_record(a))}
+    # ``latest`` compares with v2 alone, whatever the level
+    assert call(base, "POST", f"/compatibility/subjects/{subject}/versions/latest", v3)[1]["is_compatible"] is True
+    assert call(base, "POST", f"/compatibility/subjects/{subject}/versions", v3)[1]["is_compatible"] is accepted
+    status, answer = call(base, "POST", f"/subjects/{subject}/versions", v3)
+    if accepted:
+        assert status == 200
+        assert call(base, "GET", f"/subjects/{subject}/versions") == (200, [1, 2, 3])
+    else:
+        assert (status, answer["error_code"]) == (409, 40901)
+        assert OLD_CANNOT_READ_NEW in answer["message"] and "version 2" not in answer["message"]
+        assert call(base, "GET", f"/subjects/{subject}/versions") == (200, [1, 2])
 
 
 def test_compatibility_endpoint(base: str) -> None:
