@@ -20,8 +20,10 @@ from typing import Any
 
 from scorer import __version__
 from scorer.config import (
+    ENV_PREFIX,
     EvaluateSettings,
     KafkaSettings,
+    LabelsSettings,
     RunSettings,
     ServeSettings,
     env_name,
@@ -34,6 +36,38 @@ __all__ = ["main"]
 
 log = logging.getLogger("scorer")
 
+KAFKA_ENV = f"{ENV_PREFIX}KAFKA_<KEY>"
+"""librdkafka pass-through has no single variable: one per setting (``SCORER_KAFKA_SASL_USERNAME``)."""
+
+SETTINGS_GUIDE = f"""\
+Every setting below is a flag, a {ENV_PREFIX}* environment variable (named in
+its help) or a key in the TOML file given with --config or {ENV_PREFIX}CONFIG
+(the flag's name in snake_case: max_batch_size = 5000). Precedence: flags,
+then environment, then the config file, then the defaults shown. A misspelt
+{ENV_PREFIX}* variable or file key stops start-up.
+
+librdkafka client settings pass through unchanged. Give them in the [kafka]
+table of the config file ("security.protocol" = "SASL_SSL"), as one
+{KAFKA_ENV} variable each (dots become underscores:
+{ENV_PREFIX}KAFKA_SASL_USERNAME=alice sets sasl.username), with
+--kafka-config KEY=VALUE (repeatable), or in a librdkafka properties file
+(--kafka-config-file). The same precedence holds, with the properties file
+below the [kafka] table.
+
+Secrets are refused on the command line, where process lists would show them:
+give sasl.password, ssl.key.password and the like as
+{ENV_PREFIX}KAFKA_SASL_PASSWORD, in the [kafka] table or in the properties
+file. Schema registry credentials (user:password) go in
+{ENV_PREFIX}SCHEMA_REGISTRY_BASIC_AUTH or as schema_registry_basic_auth in the
+config file; --schema-registry-ca names a CA bundle for the registry's TLS.
+Secrets are redacted wherever settings are logged.
+"""
+
+
+def _description(summary: str) -> str:
+    """A command's one-line summary, then how its settings are given (``--help`` keeps the line breaks)."""
+    return f"{summary}\n\n{SETTINGS_GUIDE}"
+
 
 def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[KafkaSettings | ServeSettings]) -> None:
     """One flag per settings field, with its environment variable and default in the help."""
@@ -44,7 +78,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[KafkaSetti
     for spec in dataclasses.fields(cls):
         default = spec.default if spec.default is not dataclasses.MISSING else None
         shown = f"; default {default}" if default not in (None, "", {}) else ""
-        help_text = f"{spec.metadata['help']} [env {env_name(spec.name)}{shown}]"
+        env = f"{KAFKA_ENV}, one per setting" if spec.name == "kafka_config" else env_name(spec.name)
+        help_text = f"{spec.metadata['help']} [env {env}{shown}]"
         hint = hints[spec.name]
         if spec.name == "kafka_config":
             parser.add_argument(flag_name(spec.name), action="append", metavar="KEY=VALUE", help=help_text)
@@ -106,7 +141,7 @@ def cmd_labels(args: argparse.Namespace) -> int:
     from scorer.bundle import read_table  # noqa: PLC0415
     from scorer.labels import publish_labels  # noqa: PLC0415
 
-    settings: KafkaSettings = _settings(KafkaSettings, args)
+    settings: LabelsSettings = _settings(LabelsSettings, args)
     _setup_logging(settings.log_level)
     if not args.file.is_file():
         raise ConfigError("FILE", f"{args.file} does not exist")
@@ -114,7 +149,7 @@ def cmd_labels(args: argparse.Namespace) -> int:
     count = publish_labels(
         settings,
         frame,
-        args.labels_topic,
+        settings.labels_topic,
         args.id_column,
         args.label_column,
         args.event_time_column,
@@ -122,7 +157,7 @@ def cmd_labels(args: argparse.Namespace) -> int:
         args.rate,
         progress=lambda n: print(f"{n} labels sent", file=sys.stderr),
     )
-    print(f"{count} labels published to {args.labels_topic}")
+    print(f"{count} labels published to {settings.labels_topic}")
     return 0
 
 
@@ -234,14 +269,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"scorer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="score a Kafka topic of Avro features", description=RunSettings.__doc__)
+    run = sub.add_parser(
+        "run",
+        help="score a Kafka topic of Avro features",
+        description=_description(
+            "Score a Kafka topic of Avro feature records with a model bundle; write predictions and dead letters."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_settings_arguments(run, RunSettings)
     run.set_defaults(handler=cmd_run)
 
     evaluate = sub.add_parser(
         "evaluate",
         help="the evaluation sidecar: rolling metrics once labels arrive",
-        description=EvaluateSettings.__doc__,
+        description=_description(
+            "Join predictions with ground-truth labels by id and export rolling evaluation metrics to Prometheus."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_settings_arguments(evaluate, EvaluateSettings)
     evaluate.set_defaults(handler=cmd_evaluate)
@@ -254,9 +299,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(serve, ServeSettings)
     serve.set_defaults(handler=cmd_serve)
 
-    labels = sub.add_parser("labels", help="publish ground-truth labels from a CSV or Parquet file")
+    labels = sub.add_parser(
+        "labels",
+        help="publish ground-truth labels from a CSV or Parquet file",
+        description="Publish ground-truth labels from a CSV or Parquet file to the labels topic.\n\n"
+        "The topic and connection settings are also SCORER_* environment variables or config-file keys\n"
+        "(named in their help; see `scorer run --help` for the rules). --id-column, --label-column,\n"
+        "--event-time-column, --label-type and --rate describe the file, and are flags only.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     labels.add_argument("file", type=Path, metavar="FILE")
-    labels.add_argument("--labels-topic", required=True)
     labels.add_argument("--id-column", default="id")
     labels.add_argument("--label-column", default="label")
     labels.add_argument("--event-time-column", help="event times (default: now)")
@@ -264,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--label-type", choices=["string", "long", "double", "boolean"], help="default: from the column"
     )
     labels.add_argument("--rate", type=float, help="labels per second (default: as fast as possible)")
-    add_settings_arguments(labels, KafkaSettings)
+    add_settings_arguments(labels, LabelsSettings)
     labels.set_defaults(handler=cmd_labels)
 
     sample = sub.add_parser(

@@ -30,6 +30,7 @@ from scorer.errors import ConfigError
 __all__ = [
     "EvaluateSettings",
     "KafkaSettings",
+    "LabelsSettings",
     "RunSettings",
     "ServeSettings",
     "env_name",
@@ -56,6 +57,7 @@ DEFAULT_MAX_BATCH_SIZE = 5000
 """Large enough that the per-batch fixed costs (a scikit-learn Pipeline call costs about 4 ms however few
 rows it gets; decoding and validation about 3 ms more) fall below 2 µs a record under backlog; a quiet
 stream never waits for it, because a batch also closes ``max_wait_ms`` after its first record."""
+MAX_PORT = 65535
 OTHER_ENVIRONMENT = frozenset({"SCORER_STATE_DIR", "SCORER_CONFIG"})
 """SCORER_* variables read elsewhere (dev stack state, config file path): not errors."""
 
@@ -105,7 +107,7 @@ class KafkaSettings:
     kafka_config_file: str = setting(
         "A librdkafka-style properties file (key=value lines) merged into kafka_config.", default=""
     )
-    metrics_port: int = setting("Port of the Prometheus /metrics endpoint (0 turns it off).", default=9400)
+    metrics_port: int = setting("Port of the Prometheus /metrics endpoint (0 turns it off).", default=9400, minimum=0)
     metrics_host: str = setting("Address the metrics endpoint binds to.", default="0.0.0.0")  # noqa: S104
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting("Log level.", default="INFO")
 
@@ -117,6 +119,9 @@ class KafkaSettings:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in values.items())})"
 
     __str__ = __repr__
+
+    def __post_init__(self) -> None:
+        _check_port(self, "metrics_port")
 
     def client_config(self) -> dict[str, str]:
         """librdkafka settings common to the consumer and producer (before role-specific defaults)."""
@@ -180,6 +185,7 @@ class RunSettings(KafkaSettings):
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("bootstrap_servers", "schema_registry_url", "input_topic", "output_topic", "model"):
             if not getattr(self, name):
                 raise ConfigError(f"{flag_name(name)} / {env_name(name)}", "is required")
@@ -196,7 +202,7 @@ class EvaluateSettings(KafkaSettings):
     predictions_topic: str = setting("Topic of prediction records (the scorer's output topic).", default="")
     labels_topic: str = setting("Topic of ground-truth label records (schemas/label.avsc), keyed by id.", default="")
     group_id: str = setting("Consumer group of the sidecars (one per scorer replica).", default="scorer-evaluate")
-    metrics_port: int = setting("Port of the Prometheus /metrics endpoint (0 turns it off).", default=9401)
+    metrics_port: int = setting("Port of the Prometheus /metrics endpoint (0 turns it off).", default=9401, minimum=0)
     count_window: int = setting("Rows in the count window (the last N labelled rows).", default=1000, minimum=1)
     time_windows: str = setting("Event-time windows, comma-separated durations (s, m, h, d).", default="5m,1h")
     label_ttl_s: float = setting(
@@ -204,6 +210,12 @@ class EvaluateSettings(KafkaSettings):
     )
     max_pending: int = setting(
         "Most unmatched predictions (and, separately, labels) kept.", default=1_000_000, minimum=1
+    )
+    max_remembered_ids: int = setting(
+        "Most joined ids remembered to recognise a redelivered prediction or label; past that the oldest is "
+        "forgotten, and if both its prediction and its label are redelivered they are evaluated again.",
+        default=100_000,
+        minimum=1,
     )
     threshold: float = setting(
         "Binary: predicted positive when P(positive class) >= threshold.", default=0.5, minimum=0
@@ -217,6 +229,7 @@ class EvaluateSettings(KafkaSettings):
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("bootstrap_servers", "schema_registry_url", "predictions_topic", "labels_topic"):
             if not getattr(self, name):
                 raise ConfigError(f"{flag_name(name)} / {env_name(name)}", "is required")
@@ -227,6 +240,26 @@ class EvaluateSettings(KafkaSettings):
     @property
     def time_window_seconds(self) -> list[int]:
         return [parse_duration(part, "--time-windows") for part in self.time_windows.split(",") if part.strip()]
+
+
+@dataclass(frozen=True, repr=False)
+class LabelsSettings(KafkaSettings):
+    """Settings of ``scorer labels``: where ground-truth labels are published (``scorer evaluate`` reads them)."""
+
+    labels_topic: str = setting("Topic the labels are published to (schemas/label.avsc), keyed by id.", default="")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("bootstrap_servers", "schema_registry_url", "labels_topic"):
+            if not getattr(self, name):
+                raise ConfigError(f"{flag_name(name)} / {env_name(name)}", "is required")
+
+
+def _check_port(settings: Any, name: str) -> None:
+    """0-65535, checked when settings are built: otherwise bind() fails later with a bare OverflowError."""
+    port = getattr(settings, name)
+    if not 0 <= port <= MAX_PORT:
+        raise ConfigError(f"{flag_name(name)} / {env_name(name)}", f"has value {port}; ports are 0-{MAX_PORT}")
 
 
 def parse_duration(text: str, setting_name: str) -> int:
@@ -473,5 +506,4 @@ class ServeSettings:
     def __post_init__(self) -> None:
         if not self.model:
             raise ConfigError(f"{flag_name('model')} / {env_name('model')}", "is required")
-        if self.port > 65535:
-            raise ConfigError(f"{flag_name('port')} / {env_name('port')}", f"has value {self.port}; ports are 0-65535")
+        _check_port(self, "port")

@@ -8,7 +8,9 @@ May import: errors. Third-party: prometheus_client.
 
 from __future__ import annotations
 
+import errno
 import json
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +35,8 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+
+from scorer.errors import ConfigError
 
 __all__ = [
     "SCORE_BOUNDS",
@@ -143,12 +147,16 @@ class ScorerMetrics:
             self.rejected.labels(reason=reason)  # exported at 0 so that rate() works from the start
 
     def on_stats(self, stats_json: str) -> None:
-        """librdkafka ``stats_cb``: copy consumer lag per assigned partition (library first: no lag math here)."""
+        """librdkafka ``stats_cb``: copy consumer lag per assigned partition (library first: no lag math here).
+
+        librdkafka goes on listing a revoked partition, with ``desired`` false and the lag it had when it was
+        revoked; only ``desired`` partitions are this replica's. Partition -1 is librdkafka's internal one.
+        """
         stats: dict[str, Any] = json.loads(stats_json)
         current = set()
         for topic, info in stats.get("topics", {}).items():
             for partition, values in info.get("partitions", {}).items():
-                if partition == "-1" or values.get("consumer_lag", -1) < 0:
+                if partition == "-1" or not values.get("desired") or values.get("consumer_lag", -1) < 0:
                     continue
                 self.lag.labels(topic=topic, partition=partition).set(values["consumer_lag"])
                 current.add((topic, partition))
@@ -158,10 +166,21 @@ class ScorerMetrics:
 
 
 def serve_metrics(port: int, host: str, registry: CollectorRegistry = REGISTRY) -> Any:
-    """Serve ``/metrics`` on a daemon thread; returns the server (``shutdown()`` to stop), or None if port is 0."""
+    """Serve ``/metrics`` on a daemon thread; returns the server (``shutdown()`` to stop), or None if port is 0.
+
+    Raises:
+        ConfigError: If the port is taken (or not ours to bind), naming ``--metrics-port``; if the host is
+            not an address of this machine, naming ``--metrics-host``.
+    """
     if not port:
         return None
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        bad_host = isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL
+        setting = "--metrics-host / SCORER_METRICS_HOST" if bad_host else "--metrics-port / SCORER_METRICS_PORT"
+        hint = "" if bad_host else "; choose a free port, or 0 to turn the endpoint off"
+        raise ConfigError(setting, f"cannot serve /metrics on {host}:{port}: {exc.strerror or exc}{hint}") from exc
     return server
 
 

@@ -56,7 +56,9 @@ class EvaluationSidecar:
 
     def _reset_state(self) -> None:
         s = self.settings
-        self.joiner = LabelJoiner(ttl_ms=int(s.label_ttl_s * 1000), max_pending=s.max_pending)
+        self.joiner = LabelJoiner(
+            ttl_ms=int(s.label_ttl_s * 1000), max_pending=s.max_pending, max_remembered=s.max_remembered_ids
+        )
         self.evaluators: dict[tuple[str, str], Evaluator] = {}
         self.invalid: dict[tuple[str, str], int] = {}
         self._clock_ms = 0

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
-from scorer.config import DEFAULT_MAX_BATCH_SIZE, EvaluateSettings, RunSettings, load_settings
+from scorer.config import DEFAULT_MAX_BATCH_SIZE, EvaluateSettings, LabelsSettings, RunSettings, load_settings
 from scorer.errors import ConfigError
+from scorer.join import LabelJoiner, PredictionFacts
+from scorer.sidecar import EvaluationSidecar
 
 REQUIRED = {
     "SCORER_BOOTSTRAP_SERVERS": "broker:9092",
@@ -290,3 +294,113 @@ def test_settings_are_frozen() -> None:
     settings = run()
     with pytest.raises(AttributeError):
         settings.max_batch_size = 5  # type: ignore[misc]
+
+
+# --- ports ---------------------------------------------------------------------------------------------------
+
+EVALUATE_REQUIRED = {
+    "SCORER_BOOTSTRAP_SERVERS": "broker:9092",
+    "SCORER_SCHEMA_REGISTRY_URL": "http://registry:8081",
+    "SCORER_PREDICTIONS_TOPIC": "predictions",
+    "SCORER_LABELS_TOPIC": "labels",
+}
+
+
+def evaluate(flags: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> EvaluateSettings:
+    return load_settings(EvaluateSettings, flags or {}, {**EVALUATE_REQUIRED, **(env or {})})
+
+
+@pytest.mark.parametrize("build", [run, evaluate], ids=["run", "evaluate"])
+@pytest.mark.parametrize(
+    ("flags", "env", "named", "message"),
+    [
+        ({}, {"SCORER_METRICS_PORT": "99999"}, "--metrics-port / SCORER_METRICS_PORT", "ports are 0-65535"),
+        ({"metrics_port": "65536"}, {}, "--metrics-port / SCORER_METRICS_PORT", "ports are 0-65535"),
+        ({"metrics_port": "-5"}, {}, "--metrics-port", "must be at least 0"),
+        ({}, {"SCORER_METRICS_PORT": "-5"}, "SCORER_METRICS_PORT", "must be at least 0"),
+    ],
+)
+def test_metrics_port_outside_0_to_65535_is_refused_naming_it(
+    build: Any, flags: dict[str, Any], env: dict[str, str], named: str, message: str
+) -> None:
+    problem = error(lambda: build(flags, env))
+    assert problem.setting == named
+    assert message in str(problem)
+
+
+@pytest.mark.parametrize("build", [run, evaluate], ids=["run", "evaluate"])
+def test_metrics_port_bounds_and_defaults(build: Any) -> None:
+    assert build({"metrics_port": "65535"}).metrics_port == 65535
+    assert build(env={"SCORER_METRICS_PORT": "0"}).metrics_port == 0  # 0 turns the endpoint off
+    assert build().metrics_port == (9400 if build is run else 9401)  # scorer and sidecar share a pod
+
+
+# --- evaluate: the joiner's dedup memory ---------------------------------------------------------------------
+
+
+def test_max_remembered_ids_default_is_the_joiners_and_it_can_be_set(tmp_path: Path) -> None:
+    default = inspect.signature(LabelJoiner).parameters["max_remembered"].default
+    assert evaluate().max_remembered_ids == default == 100_000
+    assert evaluate(env={"SCORER_MAX_REMEMBERED_IDS": "500000"}).max_remembered_ids == 500_000
+    assert evaluate({"max_remembered_ids": "7"}, {"SCORER_MAX_REMEMBERED_IDS": "500000"}).max_remembered_ids == 7
+    config = toml(tmp_path, "max_remembered_ids = 250000\n")
+    assert load_settings(EvaluateSettings, {}, EVALUATE_REQUIRED, config).max_remembered_ids == 250_000
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "named", "message"),
+    [
+        ({"max_remembered_ids": "0"}, {}, "--max-remembered-ids", "must be at least 1"),
+        ({}, {"SCORER_MAX_REMEMBERED_IDS": "-1"}, "SCORER_MAX_REMEMBERED_IDS", "must be at least 1"),
+        ({}, {"SCORER_MAX_REMEMBERED_IDS": "lots"}, "SCORER_MAX_REMEMBERED_IDS", "Not a valid int"),
+        ({"max_remembered_ids": "1.5"}, {}, "--max-remembered-ids", "Not a valid int"),
+    ],
+)
+def test_max_remembered_ids_must_be_a_positive_int(
+    flags: dict[str, Any], env: dict[str, str], named: str, message: str
+) -> None:
+    problem = error(lambda: evaluate(flags, env))
+    assert problem.setting == named
+    assert message in str(problem)
+
+
+def test_max_remembered_ids_is_unknown_to_run() -> None:
+    assert error(lambda: run(env={"SCORER_MAX_REMEMBERED_IDS": "5"})).setting == "SCORER_MAX_REMEMBERED_IDS"
+
+
+def test_the_sidecar_joiner_forgets_joined_ids_past_max_remembered_ids() -> None:
+    """With room for one id, a pair redelivered after another id joined is evaluated again."""
+
+    def prediction(record_id: str) -> PredictionFacts:
+        return PredictionFacts(record_id, "churn", "3", "yes", 0.9, {"no": 0.1, "yes": 0.9})
+
+    def deliver(joiner: LabelJoiner, record_id: str, now_ms: int) -> bool:
+        """Prediction then label; True if they joined (and so would be evaluated)."""
+        joiner.add_prediction(prediction(record_id), now_ms)
+        return joiner.add_label(record_id, "yes", event_time_ms=now_ms, now_ms=now_ms) is not None
+
+    small = EvaluationSidecar(evaluate({"max_remembered_ids": "1"}), CollectorRegistry()).joiner
+    assert deliver(small, "a", 1_000) and deliver(small, "b", 2_000)
+    assert not deliver(small, "b", 3_000)  # still remembered: a duplicate
+    assert deliver(small, "a", 4_000)  # forgotten: joins a second time
+    assert small.counts.joined == 3
+
+    default = EvaluationSidecar(evaluate(), CollectorRegistry()).joiner
+    assert deliver(default, "a", 1_000) and deliver(default, "b", 2_000)
+    assert not deliver(default, "a", 4_000)
+    assert default.counts.joined == 2
+
+
+# --- labels --------------------------------------------------------------------------------------------------
+
+
+def test_labels_topic_of_scorer_labels_comes_from_flag_env_or_file(tmp_path: Path) -> None:
+    connection = {k: v for k, v in REQUIRED.items() if k in {"SCORER_BOOTSTRAP_SERVERS", "SCORER_SCHEMA_REGISTRY_URL"}}
+    assert load_settings(LabelsSettings, {}, {**connection, "SCORER_LABELS_TOPIC": "truth"}).labels_topic == "truth"
+    flagged = load_settings(LabelsSettings, {"labels_topic": "flag"}, {**connection, "SCORER_LABELS_TOPIC": "env"})
+    assert flagged.labels_topic == "flag"
+    config = toml(tmp_path, "labels_topic = 'from-file'\n")
+    assert load_settings(LabelsSettings, {}, connection, config).labels_topic == "from-file"
+    problem = error(lambda: load_settings(LabelsSettings, {}, connection))
+    assert problem.setting == "--labels-topic / SCORER_LABELS_TOPIC"
+    assert "is required" in str(problem)
