@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-faults lint format bench clean dev-up dev-down
+.PHONY: demo test test-faults lint format bench clean dev-up dev-down tools/promtool
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,9 +15,23 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/scorer demo
 
+# promtool checks deploy/prometheus (tests/unit/test_promtool.py). Debian's `prometheus` package ships it:
+# fetched with apt-get download and unpacked without installing anything (no root needed, no service started).
+PROMTOOL := $(VENV)/tools/promtool
+
+tools/promtool: $(PROMTOOL)
+
+$(PROMTOOL):
+	rm -rf $(VENV)/tools/.deb && mkdir -p $(VENV)/tools/.deb
+	cd $(VENV)/tools/.deb && (apt-get download prometheus || (apt-get update -qq && apt-get download prometheus))
+	dpkg-deb -x $(VENV)/tools/.deb/prometheus_*.deb $(VENV)/tools/.deb/root
+	cp $(VENV)/tools/.deb/root/usr/bin/promtool $@.part && mv $@.part $@
+	rm -rf $(VENV)/tools/.deb
+	$@ --version
+
 # lint + unit + integration + poison pills: a few minutes. The long fault-injection runs are `make test-faults`;
 # CI (.ci/run) runs both.
-test: $(STAMP)
+test: $(STAMP) $(PROMTOOL)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -m "not slow"

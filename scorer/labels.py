@@ -56,7 +56,7 @@ def publish_labels(
     started = time.monotonic()
     now_ms = int(time.time() * 1000)
     times = (
-        pd.to_datetime(frame[event_time_column], utc=True).astype("int64") // 1_000_000
+        _epoch_millis(frame[event_time_column], event_time_column)
         if event_time_column
         else pd.Series(now_ms, index=frame.index)
     )
@@ -88,3 +88,15 @@ def publish_labels(
     if failures:
         raise ConfigError("--labels-topic", f"{len(failures)} labels were not delivered, first: {failures[0]}")
     return len(frame)
+
+
+def _epoch_millis(column: pd.Series, name: str) -> pd.Series:
+    """Event times (datetimes, or text pandas parses; naive ones are UTC) as epoch milliseconds.
+
+    ``as_unit`` first: pandas keeps the resolution it parsed or read (seconds to nanoseconds: CSV text parses
+    to microseconds, a Parquet timestamp keeps its own unit), so the integer value alone does not say ms.
+    """
+    times = pd.to_datetime(column, utc=True)
+    if times.isna().any():
+        raise ConfigError("--event-time-column", f"column {name!r} has {int(times.isna().sum())} empty values")
+    return times.dt.as_unit("ms").astype("int64")

@@ -1,78 +1,152 @@
-"""Static checks of deploy/: the Grafana dashboard, the Prometheus rules and the scrape config.
+"""Static checks of deploy/ and the README: the Grafana dashboard, the Prometheus rules, the scrape config.
 
-Every ``scorer_*`` name in them must be a series scorer exports. The names are spelled out here on
-purpose instead of being read from ``scorer.metrics``: renaming a metric breaks this test until the
-dashboard, the rules and this list follow.
+Every ``scorer_*`` name in them must be a series scorer really exports. The exported names are not
+written out here: they are collected from ``ScorerMetrics``, ``ServeMetrics`` and the evaluation sidecar's
+collector on fresh registries, with every labelled metric given representative labels and the sidecar fed
+rows of a binary, a multiclass and a regression model, so that every series exists (including the
+``_total``, ``_bucket``, ``_sum``, ``_count``, ``_gsum`` and ``_gcount`` samples). Renaming a metric in
+the code therefore breaks this test until the dashboard, the rules and the README follow.
 
-promtool is not needed here. Where it is installed (Debian's ``prometheus`` package ships it)::
-
-    cd deploy/prometheus
-    promtool check config prometheus.yml        # also checks both rule files
-    promtool test rules rules-test.yml          # evaluates the recording rules and alerts on fixed series
+promtool's own checks of the rule files are in test_promtool.py.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics import MetricWrapperBase
 
-from scorer.metrics import SCORE_BOUNDS
+from scorer.config import EvaluateSettings
+from scorer.metrics import SCORE_BOUNDS, EvaluationCollector, ScorerMetrics, ServeMetrics
+from scorer.sidecar import EvaluationSidecar
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "scorer-dashboard.json"
 PROMETHEUS_DIR = DEPLOY / "prometheus"
 ALERTS = PROMETHEUS_DIR / "alerts.yml"
 RECORDING = PROMETHEUS_DIR / "recording-rules.yml"
 SCRAPE_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 RULES_TEST = PROMETHEUS_DIR / "rules-test.yml"
+README = REPO / "README.md"
 
-# `scorer run`
-_RUN_COUNTERS = {
-    "scorer_records_consumed",
-    "scorer_records_scored",
-    "scorer_records_rejected",
-    "scorer_batches",
-    "scorer_registry_retries",
-    "scorer_delivery_retries",
-}
-_RUN_HISTOGRAMS = {"scorer_batch_size_records", "scorer_stage_duration_seconds", "scorer_end_to_end_latency_seconds"}
-_RUN_GAUGES = {"scorer_consumer_lag_records", "scorer_model_info", "scorer_ready"}
 
-# `scorer evaluate`: per-window gauges scorer_evaluation_<metric>{window, model_name, model_version}
-_BINARY = {"accuracy", "precision", "recall", "f1", "auc", "log_loss", "threshold", "tn", "fp", "fn", "tp"}
-_MULTICLASS = {
-    "overall_accuracy",
-    "average_accuracy",
-    "micro_precision",
-    "macro_precision",
-    "micro_recall",
-    "macro_recall",
-}
-_REGRESSION = {"mae", "rmse", "rae", "rse", "r2"}
-_ADDITIVE = {"confusion", "abs_error_sum", "squared_error_sum", "label_sum", "label_squared_sum", "window_rows"}
-_EVAL_GAUGES = {f"scorer_evaluation_{name}" for name in _BINARY | _MULTICLASS | _REGRESSION | _ADDITIVE} | {
-    "scorer_evaluation_pending"
-}
-_EVAL_COUNTERS = {
-    "scorer_evaluation_records",
-    "scorer_evaluation_invalid_records",
-    "scorer_evaluation_seen",
-    "scorer_evaluation_late_rows",
-}
-_EVAL_GAUGE_HISTOGRAMS = {"scorer_evaluation_score"}
+# --- what the code exports ----------------------------------------------------------------------------------
 
-KNOWN_SERIES = (
-    {f"{name}_total" for name in _RUN_COUNTERS | _EVAL_COUNTERS}
-    | _RUN_GAUGES
-    | _EVAL_GAUGES
-    | {f"{name}{suffix}" for name in _RUN_HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
-    | {f"{name}{suffix}" for name in _EVAL_GAUGE_HISTOGRAMS for suffix in ("_bucket", "_gsum", "_gcount")}
-)
+
+def _label_everything(metrics: object) -> None:
+    """Give each labelled metric of a metrics holder one child, so that it exports samples."""
+    for metric in vars(metrics).values():
+        if isinstance(metric, MetricWrapperBase) and metric._labelnames:
+            metric.labels(*(f"some-{name}" for name in metric._labelnames))
+
+
+def _samples(registry: CollectorRegistry) -> dict[str, set[str]]:
+    """Family name -> the names of its samples."""
+    families: dict[str, set[str]] = {}
+    for family in registry.collect():
+        families.setdefault(family.name, set()).update(sample.name for sample in family.samples)
+    return families
+
+
+@functools.cache
+def run_families() -> dict[str, set[str]]:
+    """What ``scorer run`` exports, as the pipeline builds it."""
+    registry = CollectorRegistry()
+    metrics = ScorerMetrics(registry)
+    _label_everything(metrics)
+    metrics.end_to_end.observe_many(np.array([0.2]))
+    metrics.on_stats(json.dumps({"topics": {"features": {"partitions": {"0": {"consumer_lag": 7}}}}}))
+    return _samples(registry)
+
+
+@functools.cache
+def serve_families() -> dict[str, set[str]]:
+    """What ``scorer serve`` exports on its /metrics."""
+    registry = CollectorRegistry()
+    _label_everything(ServeMetrics(registry))
+    return _samples(registry)
+
+
+@functools.cache
+def evaluate_families() -> dict[str, set[str]]:
+    """What ``scorer evaluate`` exports: its collector over a sidecar that has joined rows of three models.
+
+    The rows go through the sidecar's own record handling (decoded prediction and label records, the joiner,
+    one evaluator per model version) without Kafka; only ``start()`` would connect.
+    """
+    registry = CollectorRegistry()
+    settings = EvaluateSettings(
+        bootstrap_servers="127.0.0.1:9",
+        schema_registry_url="http://127.0.0.1:9",
+        predictions_topic="predictions",
+        labels_topic="labels",
+        metrics_port=0,
+        count_window=10,
+        time_windows="5m,1h",
+    )
+    sidecar = EvaluationSidecar(settings, registry)
+    registry.register(EvaluationCollector(sidecar.view))
+    now_ms = 1_700_000_000_000
+    models = {
+        "churn": (["no", "yes"], ["no", "yes", "yes", "no"]),
+        "iris": (["setosa", "versicolor", "virginica"], ["setosa", "virginica", "versicolor", "setosa"]),
+        "price": (None, [1.0, 2.5, 4.0, 3.0]),
+    }
+    for name, (classes, truths) in models.items():
+        for i, truth in enumerate(truths):
+            record_id = f"{name}-{i}"
+            if classes is None:
+                probabilities, predicted, positive = None, truth + 0.5, None
+            else:
+                p = np.full(len(classes), 0.1)
+                p[i % len(classes)] = 1.0 - 0.1 * (len(classes) - 1)
+                probabilities = dict(zip(classes, p.tolist(), strict=True))
+                predicted = classes[i % len(classes)]
+                positive = probabilities[classes[-1]] if len(classes) == 2 else None
+            sidecar._clock_ms = now_ms + i
+            waiting = sidecar._prediction(
+                {
+                    "id": record_id,
+                    "model_name": name,
+                    "model_version": "1",
+                    "scored_label": predicted,
+                    "scored_probability": positive,
+                    "scored_probabilities": probabilities,
+                }
+            )
+            assert waiting is None
+            joined = sidecar._label({"id": record_id, "label": truth, "event_time": now_ms + i})
+            assert joined is not None
+            sidecar._evaluate(joined)
+    sidecar._count_invalid("labels", "missing_field")
+    return _samples(registry)
+
+
+@functools.cache
+def exported_series() -> frozenset[str]:
+    """Every sample name scorer exports (``scorer run``, ``scorer serve``, ``scorer evaluate``)."""
+    return frozenset(
+        name
+        for families in (run_families(), serve_families(), evaluate_families())
+        for samples in families.values()
+        for name in samples
+    )
+
+
+@functools.cache
+def exported_families() -> frozenset[str]:
+    """Every metric family name (histograms and counters without their sample suffixes)."""
+    return frozenset(run_families()) | frozenset(serve_families()) | frozenset(evaluate_families())
+
 
 REQUIRED_ALERTS = {
     "ScorerConsumerLagGrowing",
@@ -140,9 +214,21 @@ def _queries(dashboard: dict[str, Any]) -> list[str]:
     return exprs
 
 
-def test_metric_name_list_is_not_empty_and_matches_the_pattern() -> None:
-    assert len(KNOWN_SERIES) > 50
-    for name in KNOWN_SERIES:
+def _unknown(names: set[str]) -> list[str]:
+    return sorted(names - exported_series())
+
+
+def test_every_exporter_contributes_and_names_match_the_pattern() -> None:
+    """The collected names are complete enough to judge by: each exporter adds series, of every kind."""
+    evaluate = evaluate_families()
+    assert len(run_families()) >= 12 and serve_families() and len(evaluate) >= 30
+    for task_metric in ("scorer_evaluation_auc", "scorer_evaluation_macro_recall", "scorer_evaluation_r2"):
+        assert task_metric in evaluate, "every task's gauges are exported"
+    assert {"scorer_evaluation_confusion", "scorer_evaluation_late_rows", "scorer_evaluation_invalid_records"} <= set(
+        evaluate
+    ), "labelled families exist once they have a child"
+    assert {"scorer_stage_duration_seconds_bucket", "scorer_evaluation_score_gcount"} <= exported_series()
+    for name in exported_series():
         assert series_names(name) == {name}, name
 
 
@@ -191,13 +277,14 @@ def test_dashboard_uses_only_known_metric_names(dashboard: dict[str, Any]) -> No
         names = series_names(expr) | recorded_names(expr)
         assert names, f"no scorer metric in {expr!r}"
         used |= series_names(expr)
-    assert used <= KNOWN_SERIES, f"unknown metric names: {sorted(used - KNOWN_SERIES)}"
+    assert not _unknown(used), f"metric names scorer does not export: {_unknown(used)}"
 
 
 def test_dashboard_shows_every_run_metric(dashboard: dict[str, Any]) -> None:
     used = set().union(*(series_names(e) for e in _queries(dashboard)))
     families = {re.sub(r"_(total|bucket|sum|count)$", "", name) for name in used}
-    assert _RUN_COUNTERS | _RUN_HISTOGRAMS | _RUN_GAUGES <= families
+    missing = sorted(set(run_families()) - families)
+    assert not missing, f"`scorer run` metrics the dashboard does not show: {missing}"
 
 
 def test_dashboard_recorded_series_are_defined() -> None:
@@ -232,10 +319,43 @@ def test_quality_panels_filter_on_the_template_variables(dashboard: dict[str, An
 # --- the rule files, as text (no YAML parser needed) --------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", [ALERTS, RECORDING, SCRAPE_CONFIG, RULES_TEST], ids=lambda p: p.name)
+def test_the_rule_files_are_the_ones_checked_here() -> None:
+    assert sorted(p.name for p in PROMETHEUS_DIR.glob("*.yml")) == sorted(
+        p.name for p in (ALERTS, RECORDING, SCRAPE_CONFIG, RULES_TEST)
+    )
+
+
+@pytest.mark.parametrize("path", sorted(PROMETHEUS_DIR.glob("*.yml")), ids=lambda p: p.name)
 def test_rule_files_use_only_known_metric_names(path: Path) -> None:
-    names = series_names(path.read_text(encoding="utf-8"))
-    assert names <= KNOWN_SERIES, f"unknown metric names in {path.name}: {sorted(names - KNOWN_SERIES)}"
+    """Recorded series (``scorer:...:...``) are not ``scorer_*`` names; they are checked against the rules."""
+    unknown = _unknown(series_names(path.read_text(encoding="utf-8")))
+    assert not unknown, f"metric names scorer does not export, in {path.name}: {unknown}"
+
+
+@pytest.mark.parametrize("path", sorted((DEPLOY / "grafana").glob("*.json")), ids=lambda p: p.name)
+def test_dashboards_name_only_exported_metrics(path: Path) -> None:
+    """Anywhere in the JSON: queries (checked as series above) and descriptions, which may name a family."""
+    unknown = sorted(series_names(path.read_text(encoding="utf-8")) - exported_series() - exported_families())
+    assert not unknown, f"metric names scorer does not export, in {path.name}: {unknown}"
+
+
+def _readme_promql() -> list[str]:
+    return re.findall(r"^```promql\n(.*?)^```", README.read_text(encoding="utf-8"), flags=re.MULTILINE | re.DOTALL)
+
+
+def test_readme_promql_uses_only_known_metric_names() -> None:
+    blocks = _readme_promql()
+    assert blocks, "the README documents the fleet-wide PromQL"
+    used = set().union(*(series_names(block) for block in blocks))
+    assert used and not _unknown(used), f"metric names scorer does not export, in the README's PromQL: {_unknown(used)}"
+
+
+def test_readme_names_only_exported_metrics() -> None:
+    """The metric tables and prose name families (histograms without suffixes) or series; a trailing
+    ``_`` is the ``scorer_evaluation_<metric>`` pattern."""
+    named = {name for name in series_names(README.read_text(encoding="utf-8")) if not name.endswith("_")}
+    unknown = sorted(named - exported_series() - exported_families())
+    assert not unknown, f"the README names metrics scorer does not export: {unknown}"
 
 
 def test_alerts_use_only_defined_recorded_series() -> None:
@@ -283,7 +403,7 @@ def test_alerts_have_expr_for_severity_summary_and_description(yaml: ModuleType)
         assert rule["annotations"]["summary"].strip(), name
         assert rule["annotations"]["description"].strip(), name
         names = series_names(rule["expr"])
-        assert names <= KNOWN_SERIES, f"{name}: unknown metric names {sorted(names - KNOWN_SERIES)}"
+        assert not _unknown(names), f"{name}: metric names scorer does not export: {_unknown(names)}"
 
 
 def test_quality_alerts_state_their_threshold(yaml: ModuleType) -> None:
@@ -308,7 +428,7 @@ def test_recording_rules_are_named_and_use_known_metrics(yaml: ModuleType) -> No
         assert set(rule) <= {"record", "expr", "labels"}, rule["record"]
         assert _RECORDED_RE.fullmatch(rule["record"]), rule["record"]
         names = series_names(rule["expr"])
-        assert names <= KNOWN_SERIES, f"{rule['record']}: unknown metric names {sorted(names - KNOWN_SERIES)}"
+        assert not _unknown(names), f"{rule['record']}: metric names scorer does not export: {_unknown(names)}"
         # A rule may only read recorded series defined before it (same group, evaluated in order).
         assert recorded_names(rule["expr"]) <= set(records[: records.index(rule["record"])]), rule["record"]
 
@@ -324,19 +444,3 @@ def test_scrape_config_loads_both_rule_files_and_scrapes_both_jobs(yaml: ModuleT
     assert jobs["scorer-evaluate"]["static_configs"][0]["targets"] == ["evaluate:9401"]
     alert_jobs = set(re.findall(r'job="([^"]+)"', ALERTS.read_text(encoding="utf-8")))
     assert alert_jobs <= set(jobs)
-
-
-def test_rules_test_file_covers_every_recording_rule(yaml: ModuleType) -> None:
-    doc = yaml.safe_load(RULES_TEST.read_text(encoding="utf-8"))
-    assert sorted(doc["rule_files"]) == ["alerts.yml", "recording-rules.yml"]
-    tested = {
-        recorded
-        for test in doc["tests"]
-        for case in test.get("promql_expr_test", [])
-        for recorded in recorded_names(case["expr"])
-    }
-    final = {r["record"] for r in _rules(yaml, RECORDING)} - {
-        "scorer:evaluation_score_bucket:fleet",  # inputs of the AUC rule, tested through it
-        "scorer:evaluation_score_bucket_prev:fleet",
-    }
-    assert final <= tested
