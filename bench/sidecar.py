@@ -8,7 +8,12 @@ measures, in one process and in the same run:
   5 minutes, 1 hour);
 - peak memory (RSS growth and Python heap) while 1,000,000 predictions wait for labels that have not
   arrived: the bound that ``--max-pending`` enforces;
-- snapshot (scrape) time for each task with full windows.
+- snapshot (scrape) time for each task with full windows;
+- end to end (``--end-to-end``, on by default): on the dev broker, ``scorer run`` scores a pre-filled
+  topic of feature records (its throughput, measured as ``bench.run`` does), then ``scorer evaluate``
+  reads those predictions and one label per prediction (shuffled, from a pre-filled topic) and joins
+  them all: its rows/s counts Kafka reading and Avro decoding of both records of every joined row. The
+  ratio of the two, from the same run, says whether the sidecar keeps up with the scorer it sits beside.
 
 It writes ``docs/sidecar-performance.md``. Numbers are rates measured here, on this machine, now: compare
 them with the scorer's throughput in ``docs/performance.md`` measured the same way.
@@ -18,13 +23,19 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import platform
 import resource
+import subprocess
+import sys
+import tempfile
 import time
 import tracemalloc
+import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from scorer.evaluation import Evaluator
 from scorer.join import LabelJoiner, PredictionFacts
@@ -106,10 +117,119 @@ def measure_pending(pending: int) -> dict[str, float]:
     }
 
 
+def _counters(port: int) -> tuple[float, float]:
+    """(records read, rows joined) from the sidecar's /metrics; zeros before it answers.
+
+    Each scrape computes every window under the sidecar's lock, so polling costs the sidecar some time:
+    the loop polls every 0.25 s, a few percent of a run at most, which the reported rate includes.
+    """
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback URL built here
+            text = response.read().decode()
+    except OSError:
+        return 0.0, 0.0
+    seen = joined = 0.0
+    for line in text.splitlines():
+        if line.startswith("scorer_evaluation_seen_total{"):
+            seen += float(line.rsplit(" ", 1)[1])
+        elif line.startswith('scorer_evaluation_records_total{outcome="joined"}'):
+            joined = float(line.rsplit(" ", 1)[1])
+    return seen, joined
+
+
+def measure_end_to_end(records: int, seed: int = 11) -> dict[str, float]:
+    """``scorer run`` over ``records`` features, then ``scorer evaluate`` over its predictions and labels."""
+    from bench.harness import cpu_seconds, measure_throughput, read_status_kb
+    from bench.workload import build, create_topics
+    from scorer import devstack
+    from scorer.bundle import load_bundle
+    from scorer.config import KafkaSettings
+    from scorer.labels import publish_labels
+
+    state = Path(tempfile.mkdtemp(prefix="scorer-bench-sidecar-"))
+    stack = devstack.up(state / "stack", broker_port=0, registry_port=0)
+    try:
+        work = build(stack.bootstrap_servers, stack.registry_url, state, records, seed, "bench.sidecar.features")
+        scorer = measure_throughput(
+            "scorer",
+            "linear",
+            records,
+            bootstrap=stack.bootstrap_servers,
+            registry_url=stack.registry_url,
+            input_topic=work.input_topic,
+            bundle=work.bundles["linear"],
+            state=state,
+            tag="sidecar-e2e",
+        )
+        predictions = "bench.out.sidecar-e2e"
+        labels_topic = "bench.sidecar.labels"
+        create_topics(stack.bootstrap_servers, [labels_topic])
+        classes = list(load_bundle(work.bundles["linear"]).classes or [])
+        rng = np.random.default_rng(seed)
+        ids = [key.decode() for key in work.keys]
+        truth = pd.DataFrame({"id": ids, "label": rng.choice(classes, size=len(ids))}).sample(frac=1, random_state=1)
+        settings = KafkaSettings(bootstrap_servers=stack.bootstrap_servers, schema_registry_url=stack.registry_url)
+        publish_labels(settings, truth, labels_topic, label_type="string" if isinstance(classes[0], str) else None)
+
+        port = devstack.free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SCORER_")}
+        env.update(
+            {
+                "SCORER_BOOTSTRAP_SERVERS": stack.bootstrap_servers,
+                "SCORER_SCHEMA_REGISTRY_URL": stack.registry_url,
+                "SCORER_PREDICTIONS_TOPIC": predictions,
+                "SCORER_LABELS_TOPIC": labels_topic,
+                "SCORER_GROUP_ID": "bench-sidecar-evaluate",  # not the scorer run's group (bench-<tag>)
+                "SCORER_METRICS_PORT": str(port),
+                "SCORER_LOG_LEVEL": "WARNING",
+            }
+        )
+        log = (state / "evaluate.log").open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "scorer", "evaluate"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            # the rate counts from the first record read (not the first join: predictions are read before
+            # their labels) to the last join, so it covers reading and decoding both records of every row
+            first: tuple[float, float | None] | None = None
+            joined = 0.0
+            progress_at, last = time.monotonic(), 0.0
+            while joined < records and time.monotonic() - progress_at < 60 and process.poll() is None:
+                time.sleep(0.25)
+                seen, joined = _counters(port)
+                if seen > last:
+                    progress_at, last = time.monotonic(), seen
+                if first is None and seen > 0:
+                    first = (time.monotonic(), cpu_seconds(process.pid))
+            ended, cpu_end = time.monotonic(), cpu_seconds(process.pid)
+            peak = read_status_kb(process.pid, "VmHWM")
+        finally:
+            process.terminate()
+            process.wait(30)
+            log.close()
+        if first is None or joined < records:
+            raise RuntimeError(f"scorer evaluate joined {joined:.0f} of {records}; see {state / 'evaluate.log'}")
+        rows = joined
+        cpu = (cpu_end - first[1]) / rows * 1e6 if cpu_end is not None and first[1] is not None else float("nan")
+        sidecar_rate = rows / (ended - first[0])
+        return {
+            "records": records,
+            "scorer_rec_per_s": scorer.throughput,
+            "sidecar_rows_per_s": sidecar_rate,
+            "ratio": sidecar_rate / scorer.throughput,
+            "sidecar_cpu_us_per_row": cpu,
+            "sidecar_peak_rss_mb": peak or float("nan"),
+        }
+    finally:
+        devstack.stop(state / "stack")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--pending", type=int, default=1_000_000)
+    parser.add_argument("--end-to-end", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
     results = {task: measure_throughput(task, args.rows) for task in ("binary", "multiclass", "regression")}
     for task, values in results.items():
@@ -119,6 +239,12 @@ def main() -> None:
         f"{memory['pending']:,} pending predictions: heap peak {memory['python_heap_peak_mb']:.0f} MB, "
         f"RSS +{memory['rss_growth_mb']:.0f} MB ({memory['bytes_per_pending']:.0f} B each)"
     )
+    e2e = measure_end_to_end(args.rows) if args.end_to_end else None
+    if e2e:
+        print(
+            f"end to end: scorer {e2e['scorer_rec_per_s']:,.0f} rec/s, sidecar {e2e['sidecar_rows_per_s']:,.0f} "
+            f"joined rows/s ({e2e['ratio']:.2f}x), {e2e['sidecar_cpu_us_per_row']:.1f} CPU us/row"
+        )
     lines = [
         "# Evaluation sidecar performance",
         "",
@@ -137,6 +263,19 @@ def main() -> None:
         "`--max-pending` bounds this: memory is proportional to it, never to the stream's length.",
         "",
     ]
+    if e2e:
+        verdict = "keeps up with" if e2e["ratio"] >= 1 else "does NOT keep up with"
+        lines += [
+            "## End to end on the dev broker",
+            "",
+            f"`scorer run` (linear model, defaults) scored {e2e['records']:,} pre-filled feature records at "
+            f"{e2e['scorer_rec_per_s']:,.0f} records/s; then `scorer evaluate` read its predictions and one label "
+            f"each (shuffled, pre-filled) and joined them at {e2e['sidecar_rows_per_s']:,.0f} rows/s "
+            f"({e2e['sidecar_cpu_us_per_row']:.1f} CPU µs per joined row, two records read and decoded per row; "
+            f"peak RSS {e2e['sidecar_peak_rss_mb']:.0f} MB): {e2e['ratio']:.2f}x the scorer's rate, so the sidecar "
+            f"{verdict} the scorer it sits beside. Same run, same machine, one after the other.",
+            "",
+        ]
     OUT.write_text("\n".join(lines))
     print(f"wrote {OUT}")
 

@@ -436,12 +436,16 @@ class RecordDecoder:
     """Decodes framed Avro records with their writer schema as is (no reader schema).
 
     For consumers that read what scorer itself wrote (predictions) or a documented contract (labels):
-    the fields are looked up by name, so any compatible evolution of those schemas reads fine.
+    the fields are looked up by name, so any compatible evolution of those schemas reads fine. With
+    ``plain_types`` logical types are read as their underlying types (a timestamp-millis as its epoch
+    milliseconds): fastavro's conversion to an aware datetime costs more than the rest of a label record's
+    decoding (1.8 against 3.5-4 us per label measured), and the evaluation sidecar wants milliseconds anyway.
     """
 
-    def __init__(self, lookup: SchemaLookup) -> None:
+    def __init__(self, lookup: SchemaLookup, plain_types: bool = False) -> None:
         self._lookup = lookup
-        self._parsed: dict[int, Any] = {}
+        self._plain_types = plain_types
+        self._entries: dict[int, _WriterEntry] = {}
 
     def decode(self, value: bytes | None) -> dict[str, Any] | tuple[RejectReason, str]:
         framed = split_frame(value)
@@ -449,13 +453,16 @@ class RecordDecoder:
             return framed[0], str(framed[1])
         schema_id, body = framed
         assert isinstance(schema_id, int) and isinstance(body, bytes)  # noqa: S101 - narrows the union
-        writer = self._parsed.get(schema_id)
-        if writer is None:
+        entry = self._entries.get(schema_id)
+        if entry is None:
             writer_text = _writer_schema(self._lookup, schema_id)
             if writer_text is None:
                 return RejectReason.UNKNOWN_SCHEMA_ID, f"schema id {schema_id} is not in the registry"
-            writer = self._parsed[schema_id] = fastavro.parse_schema(json.loads(writer_text))
-        record = _read_body(body, _WriterEntry(writer=writer, reader=None))
+            writer = json.loads(writer_text)
+            if self._plain_types:
+                writer = without_logical_types(writer)
+            entry = self._entries[schema_id] = _WriterEntry(writer=fastavro.parse_schema(writer), reader=None)
+        record = _read_body(body, entry)
         if isinstance(record, str):
             return RejectReason.MALFORMED_BODY, record
         return record

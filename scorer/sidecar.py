@@ -66,7 +66,7 @@ class EvaluationSidecar:
     def start(self) -> None:
         s = self.settings
         self.registry = Registry(s.registry_config())
-        self.decoder = RecordDecoder(self.registry.schema_text)
+        self.decoder = RecordDecoder(self.registry.schema_text, plain_types=True)
         self._metrics_server = serve_metrics(s.metrics_port, s.metrics_host, self._prometheus_registry)
         self._prometheus_registry.register(EvaluationCollector(self.view))
         self.consumer: Consumer = create_consumer(s, s.group_id, overrides=SIDECAR_CONSUMER)
@@ -230,7 +230,7 @@ class EvaluationSidecar:
 
 
 def _millis(value: Any) -> int:
-    """fastavro returns timestamp-millis as an aware datetime; plain longs stay as they are."""
+    """Epoch milliseconds (the decoder reads timestamp-millis as its long); a datetime is converted."""
     if isinstance(value, dt.datetime):
         return int(value.timestamp() * 1000)
     return int(value)
