@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any
 
-from confluent_kafka import OFFSET_END, Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from scorer.codec import RecordDecoder
@@ -218,15 +218,28 @@ class EvaluationSidecar:
             found = consumer.offsets_for_times(wanted, timeout=15)
         except Exception as exc:  # noqa: BLE001 - fall back to reading from the start, filtered by timestamp
             log.warning("cannot seek by time (%s): reading from the beginning", exc)
-            found = [TopicPartition(p.topic, p.partition, 0) for p in partitions]
+            found = [TopicPartition(p.topic, p.partition, OFFSET_BEGINNING) for p in partitions]
         for tp in found:
-            if tp.offset < 0:
-                tp.offset = OFFSET_END
+            if tp.offset < 0 and tp.offset != OFFSET_BEGINNING:
+                tp.offset = _end_offset(consumer, tp)
         consumer.assign(found)
         log.info("assigned %d partitions; rebuilding from %s", len(found), _iso(self._replay_from_ms))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         consumer.unassign()
+
+
+def _end_offset(consumer: Consumer, tp: TopicPartition) -> int:
+    """Where a partition with nothing inside the rebuild span starts: its end offset as a number, looked up
+    now. The logical OFFSET_END would be resolved at the first fetch, skipping records written in between."""
+    try:
+        _low, high = consumer.get_watermark_offsets(tp, timeout=15, cached=False)
+    except Exception as exc:  # noqa: BLE001 - reading from the beginning (filtered by timestamp) loses nothing
+        log.warning(
+            "cannot read the end offset of %s [%d] (%s): reading from the beginning", tp.topic, tp.partition, exc
+        )
+        return OFFSET_BEGINNING
+    return int(high)
 
 
 def _millis(value: Any) -> int:
