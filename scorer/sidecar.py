@@ -213,33 +213,58 @@ class EvaluationSidecar:
         with self._lock:
             self._reset_state()
             self._replay_from_ms = int(time.time() * 1000 - self.settings.rebuild_span_s * 1000)
-        wanted = [TopicPartition(p.topic, p.partition, self._replay_from_ms) for p in partitions]
-        try:
-            found = consumer.offsets_for_times(wanted, timeout=15)
-        except Exception as exc:  # noqa: BLE001 - fall back to reading from the start, filtered by timestamp
-            log.warning("cannot seek by time (%s): reading from the beginning", exc)
-            found = [TopicPartition(p.topic, p.partition, OFFSET_BEGINNING) for p in partitions]
-        for tp in found:
-            if tp.offset < 0 and tp.offset != OFFSET_BEGINNING:
-                tp.offset = _end_offset(consumer, tp)
-        consumer.assign(found)
-        log.info("assigned %d partitions; rebuilding from %s", len(found), _iso(self._replay_from_ms))
+        consumer.assign(start_offsets(consumer, partitions, self._replay_from_ms))
+        log.info("assigned %d partitions; rebuilding from %s", len(partitions), _iso(self._replay_from_ms))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         consumer.unassign()
 
 
-def _end_offset(consumer: Consumer, tp: TopicPartition) -> int:
-    """Where a partition with nothing inside the rebuild span starts: its end offset as a number, looked up
-    now. The logical OFFSET_END would be resolved at the first fetch, skipping records written in between."""
+SEEK_BUDGET_S = 15.0
+"""How long the lookups of one assignment may take in all (they run inside the rebalance callback)."""
+
+
+def start_offsets(
+    consumer: Consumer, partitions: list[TopicPartition], from_ms: int, budget_s: float = SEEK_BUDGET_S
+) -> list[TopicPartition]:
+    """Where each assigned partition starts reading: the first record at or after ``from_ms``.
+
+    A partition with no record that recent starts at its end offset, read *before* the time lookup: the
+    logical OFFSET_END is resolved at the first fetch, and an end read after the lookup, like it, would skip
+    records written in between. Whenever a lookup fails (an error for the partition, a timeout, a broker
+    that cannot seek by time) the partition is read from the beginning instead: the timestamp filter in
+    ``_handle`` drops what is older than the span, so that costs time, never records.
+    """
+    deadline = time.monotonic() + budget_s
+    ends: dict[tuple[str, int], int] = {}
+    for tp in partitions:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            _low, high = consumer.get_watermark_offsets(tp, timeout=remaining, cached=False)
+        except Exception as exc:  # noqa: BLE001 - any failure: this partition is read from the beginning
+            log.warning("cannot read the end of %s [%d] (%s)", tp.topic, tp.partition, exc)
+            continue
+        ends[(tp.topic, tp.partition)] = int(high)
+    wanted = [TopicPartition(tp.topic, tp.partition, from_ms) for tp in partitions]
     try:
-        _low, high = consumer.get_watermark_offsets(tp, timeout=15, cached=False)
-    except Exception as exc:  # noqa: BLE001 - reading from the beginning (filtered by timestamp) loses nothing
-        log.warning(
-            "cannot read the end offset of %s [%d] (%s): reading from the beginning", tp.topic, tp.partition, exc
-        )
-        return OFFSET_BEGINNING
-    return int(high)
+        found = consumer.offsets_for_times(wanted, timeout=max(0.1, deadline - time.monotonic()))
+    except Exception as exc:  # noqa: BLE001 - fall back to reading from the start, filtered by timestamp
+        log.warning("cannot seek by time (%s): reading from the beginning", exc)
+        return [TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in partitions]
+    starts = []
+    for tp in found:
+        offset = tp.offset
+        if tp.error is not None:
+            log.warning(
+                "cannot seek %s [%d] by time (%s): reading from the beginning", tp.topic, tp.partition, tp.error
+            )
+            offset = OFFSET_BEGINNING
+        elif offset < 0:  # nothing at or after from_ms
+            offset = ends.get((tp.topic, tp.partition), OFFSET_BEGINNING)
+        starts.append(TopicPartition(tp.topic, tp.partition, offset))
+    return starts
 
 
 def _millis(value: Any) -> int:

@@ -413,10 +413,8 @@ def test_labels_produced_after_the_sidecar_read_the_predictions(
     pred_topic, label_topic = topic_factory("predictions", partitions=3), topic_factory("labels", partitions=1)
     label_avro = label_schema(label_type)
     _produce(producer, registry_client, pred_topic, prediction_schema(EMPTY_SCHEMA, label_type), predictions)
-    # One label whose prediction never comes, produced first: the sidecar seeks the labels topic by time when it
-    # starts, and an empty topic would be read from its end, which could skip labels produced meanwhile.
-    orphan = {**labels[0], "id": "no-prediction"}
-    _produce(producer, registry_client, label_topic, label_avro, [orphan])
+    # The labels topic is still empty when the sidecar starts: it must read every label produced afterwards
+    # (an empty partition starts at its end offset read at assignment, not at the logical end).
 
     order = rng.permutation(N)
     kept = [labels[i] for i in order[: int(N * 0.9)]]
@@ -435,10 +433,10 @@ def test_labels_produced_after_the_sidecar_read_the_predictions(
         SCORER_THRESHOLD=str(threshold),
     )
     in_order = Producer({"bootstrap.servers": stack.bootstrap, "enable.idempotence": True, **QUIET})
-    sent, checkpoints = [orphan], []
+    sent, checkpoints = [], []
     try:
-        before = _wait_until_read(port, N, 1, sidecar)
-        _assert_counters(before, pending_prediction=N, pending_label=1)
+        before = _wait_until_read(port, N, 0, sidecar)
+        _assert_counters(before, pending_prediction=N, pending_label=0)
         assert not _exported_windows(before), "nothing is evaluated before a label arrives"
         for burst in bursts:
             _produce(in_order, registry_client, label_topic, label_avro, burst)
