@@ -34,6 +34,7 @@ __all__ = [
     "FeatureDecoder",
     "PredictionEncoder",
     "RecordDecoder",
+    "WriterLookup",
     "SchemaLookup",
     "frame_value",
     "split_frame",
@@ -108,13 +109,8 @@ class FeatureDecoder:
 
     A writer schema the training schema cannot read is remembered as incompatible: its records are
     rejected with the fields that differ, at the cost of one registry lookup per schema id. An id the
-    registry does not know is remembered for ``UNKNOWN_ID_TTL_S``: a stream of garbage whose bytes 1-4
-    happen to differ would otherwise cost a registry call per distinct id per batch (neither the registry
-    client nor fastavro caches a miss), while a schema registered late is still found soon after.
+    registry does not know is asked again only after a while (``WriterLookup``).
     """
-
-    UNKNOWN_ID_TTL_S = 10.0
-    MAX_UNKNOWN_IDS = 10_000
 
     def __init__(
         self,
@@ -127,10 +123,8 @@ class FeatureDecoder:
         self._training = training
         self._max_record_bytes = max_record_bytes
         self._id_field = id_field
-        self._lookup = lookup
+        self._writers = WriterLookup(lookup, clock)
         self._cache: dict[int, _WriterEntry] = {}
-        self._unknown: dict[int, float] = {}  # schema id -> when to ask the registry again
-        self._clock = clock
         self._columns = list(dict.fromkeys([*training.feature_names, id_field]))
         self._types = {f.name: _POLARS_TYPES[f.type] for f in training.features}
         self._kinds = {f.name: f.type for f in training.features}
@@ -238,16 +232,9 @@ class FeatureDecoder:
         cached = self._cache.get(schema_id)
         if cached is not None:
             return cached
-        now = self._clock()
-        if self._unknown.get(schema_id, now) > now:
-            return None
-        writer_text = _writer_schema(self._lookup, schema_id)
+        writer_text = self._writers.text(schema_id)
         if writer_text is None:
-            if len(self._unknown) >= self.MAX_UNKNOWN_IDS:
-                self._unknown.clear()  # a bound on memory, not a policy: the next misses are asked again
-            self._unknown[schema_id] = now + self.UNKNOWN_ID_TTL_S
             return None
-        self._unknown.pop(schema_id, None)
         try:  # the text, not parsed JSON: a non-record or non-JSON writer schema is a difference, not a crash
             differences = check_readable(self._training, writer_text) or self._id_differences(writer_text)
         except SchemaError as exc:
@@ -279,17 +266,41 @@ def _as_pandas(column: pl.Series, index: pd.Index) -> pd.Series:
     return pd.Series(column.to_numpy(), index=index, copy=False)
 
 
-def _writer_schema(lookup: SchemaLookup, schema_id: int) -> str | None:
-    """The writer schema's text, or None when the registry does not know the id (other errors propagate:
-    an unreachable registry is retried by the caller, never turned into a rejection)."""
-    try:
-        return lookup(schema_id)
-    except RegistryUnavailable:
-        raise
-    except RegistryError as exc:
-        if exc.error_code == 40403 or exc.status == 404:
+class WriterLookup:
+    """Writer schema texts by id from the registry, remembering for ``UNKNOWN_ID_TTL_S`` the ids it does not know.
+
+    The registry client caches the schemas it found, but neither it nor fastavro caches a miss: a stream of
+    garbage whose bytes 1-4 happen to differ would cost a registry call per distinct id per batch (per
+    record in the sidecar). A schema registered late is still found once the miss has expired.
+    """
+
+    UNKNOWN_ID_TTL_S = 10.0
+    MAX_UNKNOWN_IDS = 10_000
+
+    def __init__(self, lookup: SchemaLookup, clock: Callable[[], float] = time.monotonic) -> None:
+        self._lookup = lookup
+        self._clock = clock
+        self._unknown: dict[int, float] = {}  # schema id -> when to ask the registry again
+
+    def text(self, schema_id: int) -> str | None:
+        """The writer schema's text, or None when the registry does not know the id (other errors propagate:
+        an unreachable registry is retried by the caller, never turned into a rejection)."""
+        now = self._clock()
+        if self._unknown.get(schema_id, now) > now:
             return None
-        raise
+        try:
+            text = self._lookup(schema_id)
+        except RegistryUnavailable:
+            raise
+        except RegistryError as exc:
+            if exc.error_code == 40403 or exc.status == 404:
+                if len(self._unknown) >= self.MAX_UNKNOWN_IDS:
+                    self._unknown.clear()  # a bound on memory, not a policy: the next misses are asked again
+                self._unknown[schema_id] = now + self.UNKNOWN_ID_TTL_S
+                return None
+            raise
+        self._unknown.pop(schema_id, None)
+        return text
 
 
 def _read_body(body: bytes, entry: _WriterEntry) -> dict[str, Any] | str:
@@ -442,8 +453,10 @@ class RecordDecoder:
     decoding (1.8 against 3.5-4 us per label measured), and the evaluation sidecar wants milliseconds anyway.
     """
 
-    def __init__(self, lookup: SchemaLookup, plain_types: bool = False) -> None:
-        self._lookup = lookup
+    def __init__(
+        self, lookup: SchemaLookup, plain_types: bool = False, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._writers = WriterLookup(lookup, clock)
         self._plain_types = plain_types
         self._entries: dict[int, _WriterEntry] = {}
 
@@ -455,7 +468,7 @@ class RecordDecoder:
         assert isinstance(schema_id, int) and isinstance(body, bytes)  # noqa: S101 - narrows the union
         entry = self._entries.get(schema_id)
         if entry is None:
-            writer_text = _writer_schema(self._lookup, schema_id)
+            writer_text = self._writers.text(schema_id)
             if writer_text is None:
                 return RejectReason.UNKNOWN_SCHEMA_ID, f"schema id {schema_id} is not in the registry"
             writer = json.loads(writer_text)

@@ -16,7 +16,15 @@ import pandas as pd
 import pytest
 
 from scorer import codec
-from scorer.codec import DecodedBatch, FeatureDecoder, PredictionEncoder, frame_value, split_frame
+from scorer.codec import (
+    DecodedBatch,
+    FeatureDecoder,
+    PredictionEncoder,
+    RecordDecoder,
+    WriterLookup,
+    frame_value,
+    split_frame,
+)
 from scorer.errors import RegistryError, RegistryUnavailable, RejectReason
 from scorer.schema import TrainingSchema, prediction_schema
 
@@ -329,9 +337,41 @@ def test_an_unknown_schema_id_is_asked_again_only_after_a_while(lookup: DictLook
         assert rejection.reason is RejectReason.UNKNOWN_SCHEMA_ID
     assert lookup.calls[UNKNOWN_ID] == 1, "a flood of one unknown id costs one registry call, not one per batch"
     lookup.schemas[UNKNOWN_ID] = WRITER  # registered late (for example a lagging registry replica)
-    now[0] = FeatureDecoder.UNKNOWN_ID_TTL_S + 0.1
+    now[0] = WriterLookup.UNKNOWN_ID_TTL_S + 0.1
     assert decoder.decode([frame_value(UNKNOWN_ID, body(WRITER, event(1)))]).indices == [0], "found once asked again"
     assert lookup.calls[UNKNOWN_ID] == 2
+
+
+def test_the_sidecars_decoder_also_asks_for_an_unknown_id_only_after_a_while(lookup: DictLookup) -> None:
+    now = [0.0]
+    decoder = RecordDecoder(lookup, clock=lambda: now[0])
+    for _ in range(50):  # the sidecar decodes record by record: one call per garbage record without the memory
+        reason, _detail = decoder.decode(frame_value(UNKNOWN_ID, b"\x02a"))
+        assert reason is RejectReason.UNKNOWN_SCHEMA_ID
+    assert lookup.calls[UNKNOWN_ID] == 1
+    now[0] = WriterLookup.UNKNOWN_ID_TTL_S + 0.1
+    decoder.decode(frame_value(UNKNOWN_ID, b"\x02a"))
+    assert lookup.calls[UNKNOWN_ID] == 2
+
+
+def test_the_memory_of_unknown_ids_is_bounded(lookup: DictLookup) -> None:
+    writers = WriterLookup(lookup, clock=lambda: 0.0)
+    for schema_id in range(1000, 1000 + WriterLookup.MAX_UNKNOWN_IDS + 1):
+        assert writers.text(schema_id) is None
+    assert len(writers._unknown) <= WriterLookup.MAX_UNKNOWN_IDS
+
+
+def test_plain_types_read_timestamp_millis_as_epoch_milliseconds() -> None:
+    from scorer.schema import label_schema
+
+    schema = label_schema("string")
+    value = frame_value(77, body(schema, {"id": "a", "label": "yes", "event_time": 1_796_000_000_123}))
+    lookup = DictLookup({77: schema})
+    plain = RecordDecoder(lookup, plain_types=True).decode(value)
+    assert plain == {"id": "a", "label": "yes", "event_time": 1_796_000_000_123}, "the sidecar's clock is in ms"
+    assert type(plain["event_time"]) is int
+    converted = RecordDecoder(lookup).decode(value)
+    assert converted["event_time"].tzinfo is not None, "without plain_types (scorer sample) a datetime is shown"
 
 
 def test_registry_unavailable_propagates_and_is_retried_later(lookup: DictLookup) -> None:
