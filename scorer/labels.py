@@ -48,18 +48,18 @@ def publish_labels(
     if event_time_column and event_time_column not in frame.columns:
         raise ConfigError("--event-time-column", f"column {event_time_column!r} is not in the file")
     kind = label_type or avro_field_type(frame[label_column].dtype)
+    now_ms = int(time.time() * 1000)
+    times = (  # before any connection: a file refused here opens none
+        _epoch_millis(frame[event_time_column], event_time_column)
+        if event_time_column
+        else pd.Series(now_ms, index=frame.index)
+    )
     registry = SchemaRegistryClient(settings.registry_config())
     serializer = AvroSerializer(registry, json.dumps(label_schema(kind)))
     producer = create_producer(settings)
     context = SerializationContext(topic, MessageField.VALUE)
     convert = float if kind == "double" else (lambda v: v)
     started = time.monotonic()
-    now_ms = int(time.time() * 1000)
-    times = (
-        _epoch_millis(frame[event_time_column], event_time_column)
-        if event_time_column
-        else pd.Series(now_ms, index=frame.index)
-    )
     failures: list[str] = []
 
     def on_delivery(error: object, _message: object) -> None:
@@ -95,8 +95,19 @@ def _epoch_millis(column: pd.Series, name: str) -> pd.Series:
 
     ``as_unit`` first: pandas keeps the resolution it parsed or read (seconds to nanoseconds: CSV text parses
     to microseconds, a Parquet timestamp keeps its own unit), so the integer value alone does not say ms.
+    A numeric column is refused: pandas would read its numbers as nanoseconds, and whether they are
+    seconds or milliseconds is not something to guess (the label contract's ``event_time`` is in ms).
     """
-    times = pd.to_datetime(column, utc=True)
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        raise ConfigError(
+            "--event-time-column",
+            f"column {name!r} holds numbers ({column.dtype}); give dates and times (ISO 8601 text or a "
+            "timestamp column), for example pd.to_datetime(values, unit='ms') before writing the file",
+        )
+    try:
+        times = pd.to_datetime(column, utc=True)
+    except (ValueError, TypeError) as exc:  # pandas' DateParseError is a ValueError
+        raise ConfigError("--event-time-column", f"column {name!r} is not dates and times: {exc}") from exc
     if times.isna().any():
         raise ConfigError("--event-time-column", f"column {name!r} has {int(times.isna().sum())} empty values")
     return times.dt.as_unit("ms").astype("int64")

@@ -144,8 +144,18 @@ def test_labels_file_is_published_under_the_label_contract(case, stack, topic_fa
             ["--event-time-column", "ts"],
             "--event-time-column: column 'ts' has 1 empty values",
         ),
+        (
+            {"id": "ab", "label": "ny", "ts": ["2026-03-01T10:00:00Z", "yesterday-ish"]},
+            ["--event-time-column", "ts"],
+            "--event-time-column: column 'ts' is not dates and times",
+        ),
+        (
+            {"id": "ab", "label": "ny", "ts": [1_772_359_200_000, 1_772_359_260_000]},
+            ["--event-time-column", "ts"],
+            "--event-time-column: column 'ts' holds numbers (int64)",
+        ),
     ],
-    ids=["no-label-column", "no-id-column", "no-event-time-column", "empty-event-time"],
+    ids=["no-label-column", "no-id-column", "no-event-time-column", "empty-event-time", "unparsable", "numbers"],
 )
 def test_a_malformed_file_fails_naming_the_column_and_publishes_nothing(
     columns, flags, message, stack, topic_factory, registry_client, tmp_path: Path, monkeypatch, capsys
