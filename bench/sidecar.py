@@ -26,6 +26,7 @@ import gc
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -206,7 +207,11 @@ def measure_end_to_end(records: int, seed: int = 11) -> dict[str, float]:
             peak = read_status_kb(process.pid, "VmHWM")
         finally:
             process.terminate()
-            process.wait(30)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
             log.close()
         if first is None or joined < records:
             raise RuntimeError(f"scorer evaluate joined {joined:.0f} of {records}; see {state / 'evaluate.log'}")
@@ -222,7 +227,11 @@ def measure_end_to_end(records: int, seed: int = 11) -> dict[str, float]:
             "sidecar_peak_rss_mb": peak or float("nan"),
         }
     finally:
-        devstack.stop(state / "stack")
+        devstack.stop(state / "stack")  # by the PIDs recorded in the state directory: before removing it
+        if sys.exc_info()[0] is None:
+            shutil.rmtree(state, ignore_errors=True)
+        else:
+            print(f"the run's files stay in {state} (evaluate.log, the contenders' logs)")
 
 
 def main() -> None:
