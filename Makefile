@@ -15,18 +15,24 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/scorer demo
 
-# promtool checks deploy/prometheus (tests/unit/test_promtool.py). Debian's `prometheus` package ships it:
-# fetched with apt-get download and unpacked without installing anything (no root needed, no service started).
-PROMTOOL := $(VENV)/tools/promtool
+# promtool checks deploy/prometheus (tests/integration/test_promtool.py). One on PATH is used as it is;
+# otherwise Debian's `prometheus` package is fetched with apt-get download and unpacked into .venv/tools
+# (nothing is installed, no service started). Without root, apt reads its package lists from a private
+# directory under .venv/tools, so this also works as a normal user on a Debian or Ubuntu machine.
+PROMTOOL ?= $(or $(shell command -v promtool 2>/dev/null),$(VENV)/tools/promtool)
+APT_DIR := $(CURDIR)/$(VENV)/tools/.apt
+APT_PRIVATE := -o Dir::State::Lists=$(APT_DIR)/lists -o Dir::Cache=$(APT_DIR)/cache -o Debug::NoLocking=1
 
 tools/promtool: $(PROMTOOL)
 
-$(PROMTOOL):
-	rm -rf $(VENV)/tools/.deb && mkdir -p $(VENV)/tools/.deb
-	cd $(VENV)/tools/.deb && (apt-get download prometheus || (apt-get update -qq && apt-get download prometheus))
-	dpkg-deb -x $(VENV)/tools/.deb/prometheus_*.deb $(VENV)/tools/.deb/root
-	cp $(VENV)/tools/.deb/root/usr/bin/promtool $@.part && mv $@.part $@
-	rm -rf $(VENV)/tools/.deb
+$(VENV)/tools/promtool:
+	rm -rf $(APT_DIR) && mkdir -p $(APT_DIR)/lists/partial $(APT_DIR)/cache/archives/partial $(APT_DIR)/deb
+	cd $(APT_DIR)/deb && { apt-get download prometheus 2>/dev/null \
+	  || { apt-get $(APT_PRIVATE) update -qq && apt-get $(APT_PRIVATE) download prometheus; }; } \
+	  || { echo "cannot fetch promtool with apt-get: install Prometheus' promtool and put it on PATH (or set PROMTOOL=/path/to/promtool)" >&2; exit 1; }
+	dpkg-deb -x $(APT_DIR)/deb/prometheus_*.deb $(APT_DIR)/root
+	cp $(APT_DIR)/root/usr/bin/promtool $@.part && mv $@.part $@
+	rm -rf $(APT_DIR)
 	$@ --version
 
 # lint + unit + integration + poison pills: a few minutes. The long fault-injection runs are `make test-faults`;
@@ -34,7 +40,7 @@ $(PROMTOOL):
 test: $(STAMP) $(PROMTOOL)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -m "not slow"
+	PROMTOOL=$(PROMTOOL) $(BIN)/python -m pytest -m "not slow"
 
 test-faults: $(STAMP)
 	$(BIN)/python -m pytest -m slow
