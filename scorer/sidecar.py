@@ -120,10 +120,17 @@ class EvaluationSidecar:
         if isinstance(decoded, tuple):
             self._count_invalid(topic, decoded[0].value)
             return
-        if topic == self.settings.predictions_topic:
-            joined = self._prediction(decoded)
-        else:
-            joined = self._label(decoded)
+        self.ingest(topic, decoded)
+
+    def ingest(self, topic: str, record: dict[str, Any], timestamp_ms: int | None = None) -> None:
+        """One decoded record of either topic: join it, evaluate what it completes, expire what is too old.
+
+        ``_handle`` calls it for every record it decoded (the clock already holds the record's timestamp);
+        tests call it with a ``timestamp_ms`` to drive the sidecar without Kafka.
+        """
+        if timestamp_ms is not None:
+            self._clock_ms = max(self._clock_ms, timestamp_ms)
+        joined = self._prediction(record) if topic == self.settings.predictions_topic else self._label(record)
         if joined is not None:
             self._evaluate(joined)
         self.joiner.expire(self._clock_ms)
@@ -182,22 +189,7 @@ class EvaluationSidecar:
             windows = []
             late: dict[tuple[str, str, str], int] = {}
             for (name, version), evaluator in self.evaluators.items():
-                snapshot = evaluator.snapshot()
-                for window in evaluator.window_names:
-                    metric = evaluator.metric(window)
-                    windows.append(
-                        WindowView(
-                            name,
-                            version,
-                            window,
-                            snapshot[window],
-                            confusion=None if evaluator.task == "regression" else evaluator.confusion_cells(window),
-                            sums=metric.sums() if isinstance(metric, RegressionMetrics) else None,
-                            score_buckets=metric.score_buckets(SCORE_BOUNDS)
-                            if isinstance(metric, BinaryMetrics)
-                            else None,
-                        )
-                    )
+                windows += window_views(name, version, evaluator)
                 for window, count in evaluator.late_rows.items():
                     late[(name, version, window)] = count
             counts = self.joiner.counts
@@ -218,6 +210,26 @@ class EvaluationSidecar:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         consumer.unassign()
+
+
+def window_views(name: str, version: str, evaluator: Evaluator) -> list[WindowView]:
+    """What Prometheus is shown of one model version: each window's metrics and its additive series."""
+    snapshot = evaluator.snapshot()
+    views = []
+    for window in evaluator.window_names:
+        metric = evaluator.metric(window)
+        views.append(
+            WindowView(
+                name,
+                version,
+                window,
+                snapshot[window],
+                confusion=None if evaluator.task == "regression" else evaluator.confusion_cells(window),
+                sums=metric.sums() if isinstance(metric, RegressionMetrics) else None,
+                score_buckets=metric.score_buckets(SCORE_BOUNDS) if isinstance(metric, BinaryMetrics) else None,
+            )
+        )
+    return views
 
 
 SEEK_BUDGET_S = 15.0

@@ -64,7 +64,7 @@ def run_families() -> dict[str, set[str]]:
     metrics = ScorerMetrics(registry)
     _label_everything(metrics)
     metrics.end_to_end.observe_many(np.array([0.2]))
-    metrics.on_stats(json.dumps({"topics": {"features": {"partitions": {"0": {"consumer_lag": 7}}}}}))
+    metrics.on_stats(json.dumps({"topics": {"features": {"partitions": {"0": {"consumer_lag": 7, "desired": True}}}}}))
     return _samples(registry)
 
 
@@ -80,8 +80,8 @@ def serve_families() -> dict[str, set[str]]:
 def evaluate_families() -> dict[str, set[str]]:
     """What ``scorer evaluate`` exports: its collector over a sidecar that has joined rows of three models.
 
-    The rows go through the sidecar's own record handling (decoded prediction and label records, the joiner,
-    one evaluator per model version) without Kafka; only ``start()`` would connect.
+    The rows go through the sidecar's own record handling (``ingest``: decoded prediction and label records,
+    the joiner, one evaluator per model version) without Kafka; only ``start()`` would connect.
     """
     registry = CollectorRegistry()
     settings = EvaluateSettings(
@@ -112,22 +112,18 @@ def evaluate_families() -> dict[str, set[str]]:
                 probabilities = dict(zip(classes, p.tolist(), strict=True))
                 predicted = classes[i % len(classes)]
                 positive = probabilities[classes[-1]] if len(classes) == 2 else None
-            sidecar._clock_ms = now_ms + i
-            waiting = sidecar._prediction(
-                {
-                    "id": record_id,
-                    "model_name": name,
-                    "model_version": "1",
-                    "scored_label": predicted,
-                    "scored_probability": positive,
-                    "scored_probabilities": probabilities,
-                }
-            )
-            assert waiting is None
-            joined = sidecar._label({"id": record_id, "label": truth, "event_time": now_ms + i})
-            assert joined is not None
-            sidecar._evaluate(joined)
-    sidecar._count_invalid("labels", "missing_field")
+            prediction = {
+                "id": record_id,
+                "model_name": name,
+                "model_version": "1",
+                "scored_label": predicted,
+                "scored_probability": positive,
+                "scored_probabilities": probabilities,
+            }
+            sidecar.ingest("predictions", prediction, timestamp_ms=now_ms + i)
+            sidecar.ingest("labels", {"id": record_id, "label": truth, "event_time": now_ms + i}, now_ms + i)
+    sidecar.ingest("labels", {"id": "no-label-field"}, now_ms)  # counted as invalid
+    assert sidecar.joiner.counts.joined == sum(len(truths) for _, truths in models.values())
     return _samples(registry)
 
 

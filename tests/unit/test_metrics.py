@@ -18,18 +18,17 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
 from scorer.errors import ConfigError
-from scorer.evaluation import BinaryMetrics, Evaluator, RegressionMetrics
+from scorer.evaluation import Evaluator
 from scorer.join import JoinedRow, PredictionFacts
 from scorer.metrics import (
-    SCORE_BOUNDS,
     EvaluationCollector,
     EvaluationView,
     ScorerMetrics,
     ServeMetrics,
-    WindowView,
     exposition,
     serve_metrics,
 )
+from scorer.sidecar import window_views
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 UNITS = ("_seconds", "_records", "_bytes")
@@ -300,22 +299,7 @@ def _evaluator(task: str) -> Evaluator:
 
 def _view(evaluators: dict[str, Evaluator]) -> EvaluationView:
     """What EvaluationSidecar.view() hands the collector, built from real evaluators."""
-    windows = []
-    for task, evaluator in evaluators.items():
-        snapshot = evaluator.snapshot()
-        for window in evaluator.window_names:
-            metric = evaluator.metric(window)
-            windows.append(
-                WindowView(
-                    task,
-                    "2",
-                    window,
-                    snapshot[window],
-                    confusion=None if task == "regression" else evaluator.confusion_cells(window),
-                    sums=metric.sums() if isinstance(metric, RegressionMetrics) else None,
-                    score_buckets=metric.score_buckets(SCORE_BOUNDS) if isinstance(metric, BinaryMetrics) else None,
-                )
-            )
+    windows = [view for task, evaluator in evaluators.items() for view in window_views(task, "2", evaluator)]
     counts = {"joined": 12, "predictions_seen": 14, "labels_seen": 13, "pending_predictions": 2}
     return EvaluationView(windows, counts, {("labels", "missing_field"): 1}, {("binary", "2", "5m"): 1})
 
