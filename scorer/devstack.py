@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -30,6 +31,7 @@ from scorer.errors import ScorerError
 __all__ = ["DevStack", "default_state_dir", "free_port", "status", "stop", "up"]
 
 STATE_FILE = "state.json"
+log = logging.getLogger("scorer.devstack")
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 """Probes the loopback registry directly: an ``http_proxy`` in the environment must not relay it."""
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
@@ -179,7 +181,11 @@ def terminate(pid: int, timeout_s: float = 10.0) -> None:
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout_s  # a process stuck in the kernel can outlive SIGKILL for a while
     while _alive(pid):
+        if time.monotonic() > deadline:
+            log.warning("process %d is still there %.0f s after SIGKILL", pid, timeout_s)
+            return
         time.sleep(0.05)
 
 

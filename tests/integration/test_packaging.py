@@ -59,4 +59,4 @@ def test_an_unpacked_wheel_loads_the_prediction_contract_without_the_source_tree
     assert done.returncode == 0, done.stderr
     module_file, record_name = done.stdout.split()
     assert Path(module_file).is_relative_to(site), f"imported {module_file}, not the unpacked wheel"
-    assert record_name
+    assert record_name == "Prediction"
