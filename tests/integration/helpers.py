@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -13,6 +15,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+from scorer.cli import main
 from scorer.demo import feature_writer_schema, produce_features
 from tests.fixtures.models import TrainedModel
 from tests.fixtures.process import ScorerProcess
@@ -87,3 +90,18 @@ def wait_for_outputs(bootstrap: str, topic: str, at_least: int, timeout_s: float
             return count
         time.sleep(0.2)
     raise AssertionError(f"only {count} records reached {topic} within {timeout_s} s")
+
+
+def run_cli(stack: Stack, monkeypatch, capsys, *args: str) -> subprocess.CompletedProcess[str]:  # noqa: ANN001
+    """``scorer ARGS`` in this process, with only the stack's addresses in the environment.
+
+    For the short commands (labels, sample): a subprocess would spend most of its time importing.
+    """
+    for key in [k for k in os.environ if k.startswith("SCORER_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("SCORER_BOOTSTRAP_SERVERS", stack.bootstrap)
+    monkeypatch.setenv("SCORER_SCHEMA_REGISTRY_URL", stack.registry_url)
+    capsys.readouterr()
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(["scorer", *args], code, captured.out, captured.err)

@@ -49,6 +49,7 @@ def test_transactional_scoring_delivers_every_record_once(
     assert sorted(scored) == sorted(ids), "every input has exactly one prediction"
 
 
+@pytest.mark.slow  # a kill and a restart: with the fault suite (make test-faults)
 def test_transactional_scorer_killed_mid_stream_loses_nothing(
     stack, trained, topic_factory, producer, registry_client, tmp_path
 ):

@@ -11,8 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,23 +22,11 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from scorer.cli import main
 from tests.fixtures.stack import read_topic
+from tests.integration.helpers import run_cli
 
 pytestmark = pytest.mark.integration
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-
-def _labels(stack, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCORER_")}
-    env.update({"SCORER_BOOTSTRAP_SERVERS": stack.bootstrap, "SCORER_SCHEMA_REGISTRY_URL": stack.registry_url})
-    return subprocess.run(
-        [sys.executable, "-m", "scorer", "labels", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def _millis(text: str) -> int:
@@ -81,7 +67,9 @@ def _case_frame(case: str, n: int = 60) -> tuple[pd.DataFrame, list[str], str, l
     "case",
     ["csv-string-with-event-times", "csv-long-numeric-ids", "parquet-double-with-timestamps", "parquet-boolean"],
 )
-def test_labels_file_is_published_under_the_label_contract(case, stack, topic_factory, registry_client, tmp_path):
+def test_labels_file_is_published_under_the_label_contract(
+    case, stack, topic_factory, registry_client, tmp_path, monkeypatch, capsys
+):
     frame, args, label_type, labels, times = _case_frame(case)
     path = tmp_path / ("labels.csv" if case.startswith("csv") else "labels.parquet")
     if path.suffix == ".csv":
@@ -91,7 +79,7 @@ def test_labels_file_is_published_under_the_label_contract(case, stack, topic_fa
     topic = topic_factory("labels", partitions=3)
 
     before_ms = int(time.time() * 1000)
-    result = _labels(stack, str(path), "--labels-topic", topic, *args)
+    result = run_cli(stack, monkeypatch, capsys, "labels", str(path), "--labels-topic", topic, *args)
     after_ms = int(time.time() * 1000)
     assert result.returncode == 0, result.stderr
     assert f"{len(frame)} labels published to {topic}" in result.stdout

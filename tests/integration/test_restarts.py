@@ -20,7 +20,9 @@ from tests.integration.helpers import (
     wait_for_outputs,
 )
 
-pytestmark = pytest.mark.integration
+# Process kills and restarts take a scorer's start-up twice each: they run with the fault suite
+# (make test-faults, which CI runs after make test), keeping make test short.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 RECORDS = 20_000
 RATE = 4_000

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -13,24 +10,14 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from scorer.schema import TrainingSchema, prediction_schema
+from tests.integration.helpers import run_cli
 
 pytestmark = pytest.mark.integration
 
 
-def _sample(stack, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCORER_")}
-    env.update({"SCORER_BOOTSTRAP_SERVERS": stack.bootstrap, "SCORER_SCHEMA_REGISTRY_URL": stack.registry_url})
-    return subprocess.run(
-        [sys.executable, "-m", "scorer", "sample", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def test_sample_prints_the_latest_predictions_and_saves_them(stack, topic_factory, producer, registry_client, tmp_path):
+def test_sample_prints_the_latest_predictions_and_saves_them(
+    stack, topic_factory, producer, registry_client, tmp_path, monkeypatch, capsys
+):
     topic = topic_factory("predictions", partitions=1)
     schema = prediction_schema(TrainingSchema(features=(), label="y", label_type="string"), "string")
     serializer = AvroSerializer(registry_client, json.dumps(schema))
@@ -50,18 +37,18 @@ def test_sample_prints_the_latest_predictions_and_saves_them(stack, topic_factor
     producer.produce(topic, key=b"bad", value=b"not avro", headers=[("scorer.reason", b"bad_magic_byte")])
     producer.flush(10)
 
-    shown = _sample(stack, "--topic", topic, "--count", "5")
+    shown = run_cli(stack, monkeypatch, capsys, "sample", "--topic", topic, "--count", "5")
     assert shown.returncode == 0, shown.stderr
     assert "r29" in shown.stdout and "r26" in shown.stdout, "the latest five records"
     assert "r25" not in shown.stdout and "r10" not in shown.stdout, "and not older ones"
     assert "yes=0.750" in shown.stdout and "bad_magic_byte" in shown.stdout
 
     out = tmp_path / "sample.parquet"
-    saved = _sample(stack, "--topic", topic, "--count", "100", "--out", str(out))
+    saved = run_cli(stack, monkeypatch, capsys, "sample", "--topic", topic, "--count", "100", "--out", str(out))
     assert saved.returncode == 0, saved.stderr
     frame = pd.read_parquet(out)
     assert frame["id"].dropna().tolist() == [f"r{i}" for i in range(30)]
     assert set(frame["model_version"].dropna()) == {"3"}
 
-    missing = _sample(stack, "--topic", "no-such-topic")
+    missing = run_cli(stack, monkeypatch, capsys, "sample", "--topic", "no-such-topic")
     assert missing.returncode == 2 and "no-such-topic" in missing.stderr
