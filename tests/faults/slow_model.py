@@ -12,29 +12,19 @@ import time
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
+
+from tests.fixtures.wrapped_model import WrappedClassifier
 
 MARKER_FEATURE = "x3"
 MARKER_VALUE = 999.0
 
 
-class SlowModel(ClassifierMixin, BaseEstimator):
+class SlowModel(WrappedClassifier):
     """Wraps a fitted classifier; ``predict_proba`` sleeps ``sleep_s`` when a row has ``x3 == 999``."""
 
     def __init__(self, inner: Any = None, sleep_s: float = 12.0) -> None:
         self.inner = inner
         self.sleep_s = sleep_s
-
-    @property
-    def classes_(self) -> np.ndarray:
-        return self.inner.classes_
-
-    @property
-    def feature_names_in_(self) -> np.ndarray:
-        return self.inner.feature_names_in_
-
-    def fit(self, X: Any, y: Any) -> SlowModel:  # noqa: N803 - scikit-learn's names
-        return self
 
     def predict_proba(self, X: Any) -> np.ndarray:  # noqa: N803
         if (np.asarray(X[MARKER_FEATURE], dtype=float) == MARKER_VALUE).any():

@@ -9,27 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
+
+from tests.fixtures.wrapped_model import WrappedClassifier
 
 MARKER_FEATURE = "x3"
 
 
-class RaisingModel(ClassifierMixin, BaseEstimator):
+class RaisingModel(WrappedClassifier):
     """Wraps a fitted binary classifier; ``predict`` and ``predict_proba`` raise if any row has x3 > 100."""
-
-    def __init__(self, inner: Any = None) -> None:
-        self.inner = inner
-
-    @property
-    def classes_(self) -> np.ndarray:
-        return self.inner.classes_
-
-    @property
-    def feature_names_in_(self) -> np.ndarray:
-        return self.inner.feature_names_in_
-
-    def fit(self, X: Any, y: Any) -> RaisingModel:  # noqa: N803 - scikit-learn's names
-        return self
 
     def _check(self, X: Any) -> None:  # noqa: N803
         if (X[MARKER_FEATURE] > 100).any():

@@ -15,32 +15,19 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
+
+from tests.fixtures.wrapped_model import WrappedClassifier
 
 MARKER_FEATURE = "x3"
 UNLISTED_LABEL = "unsure"
 
 
-class UnlistedLabelModel(ClassifierMixin, BaseEstimator):
+class UnlistedLabelModel(WrappedClassifier):
     """Wraps a fitted binary classifier: positive when P(positive) >= ``threshold``, "unsure" for x3 > 100."""
 
     def __init__(self, inner: Any = None, threshold: float = 0.7) -> None:
         self.inner = inner
         self.threshold = threshold
-
-    @property
-    def classes_(self) -> np.ndarray:
-        return self.inner.classes_
-
-    @property
-    def feature_names_in_(self) -> np.ndarray:
-        return self.inner.feature_names_in_
-
-    def fit(self, X: Any, y: Any) -> UnlistedLabelModel:  # noqa: N803 - scikit-learn's names
-        return self
-
-    def predict_proba(self, X: Any) -> np.ndarray:  # noqa: N803
-        return self.inner.predict_proba(X)
 
     def predict(self, X: Any) -> np.ndarray:  # noqa: N803
         positive = self.predict_proba(X)[:, 1] >= self.threshold
