@@ -40,7 +40,7 @@ $(VENV)/tools/promtool:
 test: $(STAMP) $(PROMTOOL)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	PROMTOOL=$(PROMTOOL) $(BIN)/python -m pytest -m "not slow"
+	PROMTOOL=$(abspath $(PROMTOOL)) $(BIN)/python -m pytest -m "not slow"
 
 test-faults: $(STAMP)
 	$(BIN)/python -m pytest -m slow

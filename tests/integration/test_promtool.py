@@ -28,7 +28,7 @@ def _promtool() -> str:
     candidates = [os.environ.get("PROMTOOL"), str(REPO / ".venv" / "tools" / "promtool"), shutil.which("promtool")]
     for candidate in candidates:
         if candidate and os.access(candidate, os.X_OK):
-            return candidate
+            return str(Path(candidate).resolve())  # the commands run in deploy/prometheus: no relative paths
     pytest.fail(
         "promtool not found (looked in $PROMTOOL, .venv/tools/promtool and PATH): "
         "run `make tools/promtool` to fetch it (Debian's prometheus package, unpacked, no root needed)"
