@@ -34,12 +34,16 @@ import time
 import tracemalloc
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from scorer.evaluation import Evaluator
 from scorer.join import LabelJoiner, PredictionFacts
+
+SIDECAR_ROOTS = {"main": "EvaluationSidecar.run ("}
+"""Where py-spy samples of the sidecar's loop start (``EvaluationSidecar.run``)."""
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "sidecar-performance.md"
 
@@ -139,8 +143,13 @@ def _counters(port: int) -> tuple[float, float]:
     return seen, joined
 
 
-def measure_end_to_end(records: int, seed: int = 11) -> dict[str, float]:
-    """``scorer run`` over ``records`` features, then ``scorer evaluate`` over its predictions and labels."""
+def measure_end_to_end(records: int, seed: int = 11, py_spy: bool = False) -> dict[str, Any]:
+    """``scorer run`` over ``records`` features, then ``scorer evaluate`` over its predictions and labels.
+
+    With ``py_spy`` (and py-spy installed) the sidecar is sampled while it joins, and the result carries
+    where its main thread spent its time (``bench.pyspy.summarise``).
+    """
+    from bench import pyspy
     from bench.harness import cpu_seconds, measure_throughput, read_status_kb
     from bench.workload import build, create_topics
     from scorer import devstack
@@ -190,6 +199,7 @@ def measure_end_to_end(records: int, seed: int = 11) -> dict[str, float]:
         process = subprocess.Popen(
             [sys.executable, "-m", "scorer", "evaluate"], env=env, stdout=log, stderr=subprocess.STDOUT
         )
+        sampler = pyspy.attach(process.pid, state / "py-spy-evaluate.txt") if py_spy else None
         try:
             # the rate counts from the first record read (not the first join: predictions are read before
             # their labels) to the last join, so it covers reading and decoding both records of every row
@@ -213,12 +223,16 @@ def measure_end_to_end(records: int, seed: int = 11) -> dict[str, float]:
                 process.kill()
                 process.wait()
             log.close()
+            if sampler is not None:
+                sampler.wait(60)  # py-spy writes its samples when the process it samples has exited
         if first is None or joined < records:
             raise RuntimeError(f"scorer evaluate joined {joined:.0f} of {records}; see {state / 'evaluate.log'}")
         rows = joined
         cpu = (cpu_end - first[1]) / rows * 1e6 if cpu_end is not None and first[1] is not None else float("nan")
         sidecar_rate = rows / (ended - first[0])
+        profile = pyspy.summarise(state / "py-spy-evaluate.txt", SIDECAR_ROOTS) if sampler is not None else None
         return {
+            "profile": profile,
             "records": records,
             "scorer_rec_per_s": scorer.throughput,
             "sidecar_rows_per_s": sidecar_rate,
@@ -234,12 +248,33 @@ def measure_end_to_end(records: int, seed: int = 11) -> dict[str, float]:
             print(f"the run's files stay in {state} (evaluate.log, the contenders' logs)")
 
 
+def _print_end_to_end(e2e: dict[str, Any]) -> None:
+    print(
+        f"end to end: scorer {e2e['scorer_rec_per_s']:,.0f} rec/s, sidecar {e2e['sidecar_rows_per_s']:,.0f} "
+        f"joined rows/s ({e2e['ratio']:.2f}x), {e2e['sidecar_cpu_us_per_row']:.1f} CPU us/row"
+    )
+    profile = e2e.get("profile")
+    if profile:
+        print(f"py-spy: {profile['samples']} samples of the sidecar's loop; inclusive shares:")
+        for name, share in profile["inclusive"]:
+            print(f"  {share:6.1%}  {name}")
+        print("self shares:")
+        for name, share in profile["self"]:
+            print(f"  {share:6.1%}  {name}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--pending", type=int, default=1_000_000)
     parser.add_argument("--end-to-end", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--py-spy", action="store_true", help="sample the sidecar end to end (needs py-spy)")
+    parser.add_argument("--only-end-to-end", action="store_true", help="skip the in-process runs; write nothing")
     args = parser.parse_args()
+    if args.only_end_to_end:
+        e2e = measure_end_to_end(args.rows, py_spy=args.py_spy)
+        _print_end_to_end(e2e)
+        return
     results = {task: measure_throughput(task, args.rows) for task in ("binary", "multiclass", "regression")}
     for task, values in results.items():
         print(f"{task:<11} {values['rows_per_s']:>10,.0f} rows/s joined+updated; scrape {values['scrape_ms']:.1f} ms")
@@ -248,12 +283,9 @@ def main() -> None:
         f"{memory['pending']:,} pending predictions: heap peak {memory['python_heap_peak_mb']:.0f} MB, "
         f"RSS +{memory['rss_growth_mb']:.0f} MB ({memory['bytes_per_pending']:.0f} B each)"
     )
-    e2e = measure_end_to_end(args.rows) if args.end_to_end else None
+    e2e = measure_end_to_end(args.rows, py_spy=args.py_spy) if args.end_to_end else None
     if e2e:
-        print(
-            f"end to end: scorer {e2e['scorer_rec_per_s']:,.0f} rec/s, sidecar {e2e['sidecar_rows_per_s']:,.0f} "
-            f"joined rows/s ({e2e['ratio']:.2f}x), {e2e['sidecar_cpu_us_per_row']:.1f} CPU us/row"
-        )
+        _print_end_to_end(e2e)
     lines = [
         "# Evaluation sidecar performance",
         "",

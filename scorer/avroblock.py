@@ -13,8 +13,10 @@ exactly its own body. Any mismatch, decoding error or unsupported schema returns
 falls back to the per-record path, which isolates the bad record.
 
 Supported writer schemas: flat records of null, boolean, int, long, float, double, string and bytes fields
-(logical types over int/long included), each optionally in a union with null. Anything else (nested
-records, arrays, maps, enums, fixed, wider unions) uses the per-record path.
+(logical types over int/long included), and maps of float, double, string or bytes values, each optionally
+in a union with null. A map is read as a list of ``{"key", "value"}`` structs: Avro encodes a map exactly
+as an array of records of a string and a value, which polars reads. Anything else (nested records, arrays,
+maps of other values, enums, fixed, wider unions) uses the per-record path.
 
 May import: nothing from scorer. Third-party: fastavro (the container header), polars, numpy.
 """
@@ -37,6 +39,7 @@ _FIXED_SIZE = {"null": 0, "boolean": 1, "float": 4, "double": 8}
 _VARINT = {"int", "long"}
 _LENGTH_PREFIXED = {"string", "bytes"}
 _SUPPORTED = _FIXED_SIZE.keys() | _VARINT | _LENGTH_PREFIXED
+_MAP_VALUES = {"float", "double", "string", "bytes"}  # no varint or boolean values: their sizes need more
 _TIME_OF_DAY = {"time-millis", "time-micros"}  # polars keeps nanoseconds: the size check never matches
 _VARINT_LIMITS = np.array([1 << (7 * k) for k in range(1, 10)], dtype=np.uint64)
 
@@ -44,8 +47,9 @@ _VARINT_LIMITS = np.array([1 << (7 * k) for k in range(1, 10)], dtype=np.uint64)
 @dataclass(frozen=True)
 class _Field:
     name: str
-    kind: str
+    kind: str  # a primitive type name, or "map"
     null_branch: int | None  # union branch index of null, or None when the field is not a union
+    values: str | None = None  # a map's value type
 
 
 @dataclass(frozen=True)
@@ -68,31 +72,57 @@ def layout_of(writer: dict[str, Any], used: Collection[str] = ()) -> BlockLayout
     if writer.get("type") != "record":
         return None
     fields = []
+    readable = []  # the writer's fields as polars reads them: maps as arrays of key/value records
     for spec in writer.get("fields", []):
         kind, null_branch, logical = _field_kind(spec["type"])
         if kind in (None, "null") or (
             logical and (spec["name"] in used or kind not in _VARINT or logical in _TIME_OF_DAY)
         ):
             return None
-        fields.append(_Field(spec["name"], kind, null_branch))
+        values = None
+        if kind == "map":
+            values = _map_values(spec["type"])
+            entry = {
+                "type": "record",
+                "name": f"scorer_map_entry_{len(fields)}",
+                "fields": [{"name": "key", "type": "string"}, {"name": "value", "type": values}],
+            }
+            array = {"type": "array", "items": entry}
+            spec = {**spec, "type": array if null_branch is None else _with_null(array, null_branch)}
+        fields.append(_Field(spec["name"], kind, null_branch, values))
+        readable.append(spec)
     container = io.BytesIO()
-    fastavro.writer(container, fastavro.parse_schema(writer), [], codec="null")
+    fastavro.writer(container, fastavro.parse_schema({**writer, "fields": readable}), [], codec="null")
     header = container.getvalue()
     return BlockLayout(tuple(fields), header, header[-16:])
 
 
 def _field_kind(avro_type: Any) -> tuple[str | None, int | None, str | None]:
-    """(primitive kind, union index of null or None, logical type or None); kind None: unsupported."""
+    """(primitive kind or "map", union index of null or None, logical type or None); kind None: unsupported."""
     if isinstance(avro_type, list):
         if len(avro_type) != 2 or "null" not in avro_type:
             return None, None, None
         kind, _, logical = _field_kind(avro_type[1 - avro_type.index("null")])
         return (kind, avro_type.index("null"), logical) if kind not in (None, "null") else (None, None, None)
     if isinstance(avro_type, dict):
+        if avro_type.get("type") == "map":
+            values = avro_type.get("values")
+            return ("map", None, None) if isinstance(values, str) and values in _MAP_VALUES else (None, None, None)
         if avro_type.get("type") not in _SUPPORTED:
             return None, None, None
         return avro_type["type"], None, avro_type.get("logicalType")
     return (avro_type, None, None) if avro_type in _SUPPORTED else (None, None, None)
+
+
+def _map_values(avro_type: Any) -> str:
+    """The value type of a (possibly nullable) map that ``_field_kind`` accepted."""
+    if isinstance(avro_type, list):
+        return _map_values(next(branch for branch in avro_type if branch != "null"))
+    return str(avro_type["values"])
+
+
+def _with_null(avro_type: Any, null_branch: int) -> list[Any]:
+    return ["null", avro_type] if null_branch == 0 else [avro_type, "null"]
 
 
 def decode_block(bodies: Sequence[bytes], layout: BlockLayout) -> pl.DataFrame | None:
@@ -133,6 +163,15 @@ def _field_sizes(frame: pl.DataFrame, layout: BlockLayout) -> tuple[np.ndarray, 
             wanted.append(length.cast(pl.Int64).fill_null(0).alias(f"length:{spec.name}"))
         elif spec.kind == "boolean":
             wanted.append(column.cast(pl.Int64).fill_null(-1).alias(f"value:{spec.name}"))
+        elif spec.kind == "map":
+            wanted.append(column.list.len().cast(pl.Int64).fill_null(0).alias(f"count:{spec.name}"))
+            item = _prefixed_size(pl.element().struct.field("key").str.len_bytes())
+            value = pl.element().struct.field("value")
+            if spec.values in _FIXED_SIZE:
+                item = item + _FIXED_SIZE[str(spec.values)]
+            else:
+                item = item + _prefixed_size(value.str.len_bytes() if spec.values == "string" else value.bin.size())
+            wanted.append(column.list.eval(item).list.sum().fill_null(0).alias(f"items:{spec.name}"))
         if spec.null_branch is not None:
             wanted.append(column.is_null().alias(f"null:{spec.name}"))
     parts = frame.select(wanted) if wanted else frame.clear()
@@ -144,6 +183,10 @@ def _field_sizes(frame: pl.DataFrame, layout: BlockLayout) -> tuple[np.ndarray, 
         elif spec.kind in _LENGTH_PREFIXED:
             length = parts.get_column(f"length:{spec.name}").to_numpy()
             size = length + _varint_sizes(length)
+        elif spec.kind == "map":  # one block: its count, the entries, then the count 0 that ends the map
+            count = parts.get_column(f"count:{spec.name}").to_numpy()
+            items = parts.get_column(f"items:{spec.name}").to_numpy()
+            size = np.where(count > 0, _varint_sizes(count) + items, 0) + 1
         else:
             size = np.full(frame.height, _FIXED_SIZE[spec.kind], dtype=np.int64)
         branch = 0
@@ -173,6 +216,18 @@ def _bytes_agree(
         if not np.array_equal(payload[offsets], expected[rows]):
             return False
     return True
+
+
+def _prefixed_size(length: pl.Expr) -> pl.Expr:
+    """Bytes a string or bytes value of ``length`` bytes takes: its length as a zig-zag varint, then the bytes.
+
+    A polars expression (used inside ``list.eval`` for map entries); the zig-zag of a length L is 2L.
+    """
+    length = length.cast(pl.Int64)
+    size = length + 1
+    for k in range(1, 10):
+        size = size + (2 * length >= 1 << (7 * k)).cast(pl.Int64)
+    return size
 
 
 def _varint_sizes(values: np.ndarray) -> np.ndarray:

@@ -849,6 +849,7 @@ class Evaluator:
         self.positive_class = str(positive_class) if positive_class is not None else None
         self.threshold = threshold
         self.invalid_rows: dict[str, int] = {}
+        self.rows_seen = 0  # valid and invalid: a model whose predictions have had no label yet has none
         self._class_set = frozenset(self.classes) if self.classes is not None else None
         self._positive = ""  # set by _validate for binary
         self._validate()
@@ -917,7 +918,7 @@ class Evaluator:
 
     def add(self, row: EvalRow) -> bool:
         """Add a joined row to every window; False if the row was invalid (and counted)."""
-        valid = self._stage((row,)) == 1
+        valid = self._stage((row.label,), (self.score_of(row.prediction),), (row.event_time_ms,)) == 1
         if len(self._staged_times) >= _STAGED_ROWS:
             self._apply_staged()
         return valid
@@ -925,26 +926,51 @@ class Evaluator:
     def add_many(self, rows: Iterable[EvalRow]) -> int:
         """Add joined rows, in arrival order, to every window in one batch; returns how many were valid.
 
-        The same as :meth:`add` on each row, but faster: the sidecar hands over each consumed batch.
+        The same as :meth:`add` on each row, but faster.
         """
-        valid = self._stage(rows)
+        rows = list(rows)
+        score = self.score_of
+        return self.add_scored(
+            [r.label for r in rows], [score(r.prediction) for r in rows], [r.event_time_ms for r in rows]
+        )
+
+    def add_scored(self, labels: Sequence[object], scores: Sequence[object], event_times_ms: Sequence[int]) -> int:
+        """Add rows given as columns, in arrival order, in one batch; returns how many were valid.
+
+        ``scores`` are what :meth:`score_of` reads from each row's prediction; the sidecar computes them for
+        a whole decoded batch at once. The same as :meth:`add` on each row.
+        """
+        valid = self._stage(labels, scores, event_times_ms)
         self._apply_staged()
         return valid
 
-    def _stage(self, rows: Iterable[EvalRow]) -> int:
+    def score_of(self, prediction: ScoredFacts) -> object:
+        """What evaluation reads of a prediction: binary, P(positive class); otherwise the scored label.
+
+        P(positive class) comes from ``scored_probabilities`` when that holds the positive class, else
+        from ``scored_probability``; None when neither has it (the row is then ``missing_probability``).
+        """
+        if self.task != "binary":
+            return prediction.scored_label
+        probabilities = prediction.scored_probabilities
+        p = probabilities.get(self._positive) if probabilities is not None else None
+        return prediction.scored_probability if p is None else p
+
+    def _stage(self, labels: Iterable[object], scores: Iterable[object], event_times_ms: Iterable[int]) -> int:
         convert, invalid = self._convert, self.invalid_rows
         stage_true, stage_pred = self._staged_true.append, self._staged_pred.append
         stage_time = self._staged_times.append
         valid = 0
-        for row in rows:
-            values = convert(row)
+        for label, score, event_time_ms in zip(labels, scores, event_times_ms, strict=True):
+            values = convert(label, score)
             if type(values) is str:
                 invalid[values] = invalid.get(values, 0) + 1
             else:
                 stage_true(values[0])
                 stage_pred(values[1])
-                stage_time(row.event_time_ms)
+                stage_time(event_time_ms)
                 valid += 1
+            self.rows_seen += 1
         return valid
 
     def _apply_staged(self) -> None:
@@ -995,17 +1021,10 @@ class Evaluator:
         self._apply_staged()
         return metric.confusion
 
-    def _binary_row(self, row: EvalRow) -> tuple[bool, float] | str:
-        label = str(row.label)
+    def _binary_row(self, label: object, p: object) -> tuple[bool, float] | str:
+        label = str(label)
         if self._class_set is not None and label not in self._class_set:
             return "unknown_class"
-        p: Any = None
-        prediction = row.prediction
-        probabilities = prediction.scored_probabilities
-        if probabilities is not None:
-            p = probabilities.get(self._positive)
-        if p is None:
-            p = prediction.scored_probability
         if p is None:
             return "missing_probability"
         probability = _to_float(p)
@@ -1013,15 +1032,15 @@ class Evaluator:
             return "invalid_probability"
         return label == self._positive, probability
 
-    def _multiclass_row(self, row: EvalRow) -> tuple[str, str] | str:
-        actual, predicted = str(row.label), str(row.prediction.scored_label)
+    def _multiclass_row(self, label: object, scored_label: object) -> tuple[str, str] | str:
+        actual, predicted = str(label), str(scored_label)
         if self._class_set is not None and (actual not in self._class_set or predicted not in self._class_set):
             return "unknown_class"
         return actual, predicted
 
     @staticmethod
-    def _regression_row(row: EvalRow) -> tuple[float, float] | str:
-        y, y_hat = _to_float(row.label), _to_float(row.prediction.scored_label)
+    def _regression_row(label: object, scored_label: object) -> tuple[float, float] | str:
+        y, y_hat = _to_float(label), _to_float(scored_label)
         if y is None or y_hat is None or not (math.isfinite(y) and math.isfinite(y_hat)):
             return "invalid_value"
         return y, y_hat

@@ -9,10 +9,16 @@ need one keyed buffer per side with at-least-once dedup. Two ``OrderedDict``\\ s
 arrival order, so the oldest entry is always at the front) give O(1) amortised expiry and eviction without
 a framework.
 
-Memory: with the default ``max_pending`` of a million, pending predictions are most of the sidecar's
-memory, so each is kept as one flat tuple (see :meth:`LabelJoiner._pack`), not as the
-:class:`PredictionFacts` with its own probability dict that came in: about half the bytes. A joined row
-carries an equal, rebuilt :class:`PredictionFacts`.
+Batches: the sidecar hands over a whole consumed batch per side (:meth:`LabelJoiner.add_predictions`,
+:meth:`LabelJoiner.add_labels`), one tight loop of dict operations each, and gets the joined rows back as
+three parallel lists (:class:`Joined`): a Python call and an object per row is what made the per-row join
+too slow to keep up with the scorer. :meth:`~LabelJoiner.add_prediction` and
+:meth:`~LabelJoiner.add_label` are the one-row forms.
+
+The joiner does not look inside a prediction: it keeps whatever payload the caller gives with its id. The
+sidecar gives a small ``(evaluator, score)`` tuple, so a pending prediction costs about 250 bytes with its
+id (the default ``max_pending`` of a million: about 250 MB); the one-row form keeps the
+:class:`PredictionFacts` it was given.
 
 Rules:
 
@@ -36,10 +42,13 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
-__all__ = ["JoinCounts", "JoinedRow", "LabelJoiner", "PredictionFacts"]
+__all__ = ["JoinCounts", "Joined", "JoinedRow", "LabelJoiner", "PredictionFacts"]
+
+P = TypeVar("P")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,14 +99,16 @@ class JoinCounts:
     pending_labels: int = 0
 
 
-_MAX_SHARED = 4096  # most distinct names, labels and class sets a LabelJoiner shares between pending entries
+@dataclass(slots=True)
+class Joined(Generic[P]):
+    """Rows a batch completed, as parallel lists: the prediction's payload, the label, the label's event time."""
 
+    payloads: list[P] = field(default_factory=list)
+    labels: list[object] = field(default_factory=list)
+    event_times_ms: list[int] = field(default_factory=list)
 
-def _unpack(id: str, packed: tuple[Any, ...]) -> PredictionFacts:
-    """The :class:`PredictionFacts` that :meth:`LabelJoiner._pack` packed (equal, not the same object)."""
-    _arrival_ms, model_name, model_version, scored_label, scored_probability, classes = packed[:6]
-    probabilities = None if classes is None else dict(zip(classes, packed[6:], strict=True))
-    return PredictionFacts(id, model_name, model_version, scored_label, scored_probability, probabilities)
+    def __len__(self) -> int:
+        return len(self.labels)
 
 
 def _same_label(a: object, b: object) -> bool:
@@ -107,12 +118,13 @@ def _same_label(a: object, b: object) -> bool:
     return isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
 
 
-class LabelJoiner:
-    """Buffer both sides of the prediction/label join and emit a :class:`JoinedRow` when an id completes.
+class LabelJoiner(Generic[P]):
+    """Buffer both sides of the prediction/label join and emit the rows whose ids complete.
 
     ``now_ms`` is processing time and must not go backwards; a smaller value is treated as the largest one
     seen so far, which keeps the buffers in arrival order. Every call first expires entries older than
-    ``ttl_ms``, so a late partner never joins an expired entry even if :meth:`expire` was not called.
+    ``ttl_ms``, so a late partner never joins an expired entry even if :meth:`expire` was not called. A
+    batch arrives at one instant: its ``now_ms``.
 
     Args:
         ttl_ms: How long an unmatched prediction or label waits for its partner.
@@ -131,9 +143,12 @@ class LabelJoiner:
         'yes'
         >>> j.add_prediction(p, now_ms=7_000) is None  # redelivered: counted, not joined again
         True
+        >>> batch = j.add_predictions(["r2", "r3"], ["payload 2", "payload 3"], now_ms=8_000)
+        >>> len(batch), j.add_labels(["r3", "r2"], ["no", "yes"], [2_000, 3_000], now_ms=9_000).payloads
+        (0, ['payload 3', 'payload 2'])
         >>> c = j.counts
         >>> (c.joined, c.duplicate_predictions, c.pending_labels)
-        (1, 1, 0)
+        (3, 1, 0)
     """
 
     def __init__(self, ttl_ms: int, max_pending: int, max_remembered: int = 100_000) -> None:
@@ -147,10 +162,9 @@ class LabelJoiner:
         self._max_pending = max_pending
         self._max_remembered = max_remembered
         self._now_ms: int | None = None
-        # id -> packed prediction (arrival_ms first) and id -> (label, event_time_ms, arrival_ms), oldest first.
-        self._predictions: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
+        # id -> (arrival_ms, payload) and id -> (label, event_time_ms, arrival_ms), oldest first.
+        self._predictions: OrderedDict[str, tuple[int, P]] = OrderedDict()
         self._labels: OrderedDict[str, tuple[object, int, int]] = OrderedDict()
-        self._shared: dict[Any, Any] = {}  # see _pack
         self._joined: OrderedDict[str, object] = OrderedDict()  # id -> label that won
         self._predictions_seen = 0
         self._labels_seen = 0
@@ -163,60 +177,92 @@ class LabelJoiner:
         self._duplicate_labels = 0
         self._conflicting_labels = 0
 
-    def add_prediction(self, p: PredictionFacts, now_ms: int) -> JoinedRow | None:
-        """Record a prediction; return the joined row if its label is already waiting.
+    def add_predictions(self, ids: Sequence[str], payloads: Sequence[P], now_ms: int) -> Joined[P]:
+        """Record predictions, in arrival order; return the rows whose labels were already waiting.
 
         Args:
-            p: The prediction.
-            now_ms: Processing time of this arrival.
+            ids: The record ids.
+            payloads: What to hand back with each id when it joins (one per id).
+            now_ms: Processing time of this batch.
 
         Returns:
-            The :class:`JoinedRow`, or ``None`` if the prediction now waits or was a duplicate.
+            The joined rows (the others now wait, or were duplicates).
         """
         now = self._advance(now_ms)
-        self._predictions_seen += 1
-        if p.id in self._joined or p.id in self._predictions:
-            self._duplicate_predictions += 1
-            return None
-        waiting = self._labels.pop(p.id, None)
-        if waiting is not None:
-            label, event_time_ms, _ = waiting
-            return self._join(p, label, event_time_ms)
-        if len(self._predictions) >= self._max_pending:
-            self._predictions.popitem(last=False)
-            self._evicted_predictions += 1
-        self._predictions[p.id] = self._pack(p, now)
-        return None
+        self._predictions_seen += len(ids)
+        joined: Joined[P] = Joined()
+        pending, labels, remembered = self._predictions, self._labels, self._joined
+        max_pending, evicted, duplicates = self._max_pending, 0, 0
+        for id, payload in zip(ids, payloads, strict=True):
+            if id in remembered or id in pending:
+                duplicates += 1
+                continue
+            waiting = labels.pop(id, None)
+            if waiting is not None:
+                self._remember(id, waiting[0])
+                joined.payloads.append(payload)
+                joined.labels.append(waiting[0])
+                joined.event_times_ms.append(waiting[1])
+                continue
+            if len(pending) >= max_pending:
+                pending.popitem(last=False)
+                evicted += 1
+            pending[id] = (now, payload)
+        self._evicted_predictions += evicted
+        self._duplicate_predictions += duplicates
+        return joined
+
+    def add_labels(
+        self, ids: Sequence[str], labels: Sequence[object], event_times_ms: Sequence[int], now_ms: int
+    ) -> Joined[P]:
+        """Record true labels, in arrival order; return the rows whose predictions were already waiting.
+
+        Args:
+            ids: The record ids.
+            labels: The true labels.
+            event_times_ms: When each label became true (event time); carried into the joined rows.
+            now_ms: Processing time of this batch.
+
+        Returns:
+            The joined rows (the other labels now wait, or were duplicates or conflicts).
+        """
+        now = self._advance(now_ms)
+        self._labels_seen += len(ids)
+        joined: Joined[P] = Joined()
+        pending, predictions, remembered = self._labels, self._predictions, self._joined
+        max_pending, evicted = self._max_pending, 0
+        for id, label, event_time_ms in zip(ids, labels, event_times_ms, strict=True):
+            first = remembered.get(id, remembered)  # the map itself stands for "not there": a label may be None
+            if first is remembered:
+                waiting_label = pending.get(id)
+                if waiting_label is not None:
+                    self._count_repeat_label(waiting_label[0], label)
+                    continue
+                waiting = predictions.pop(id, None)
+                if waiting is None:
+                    if len(pending) >= max_pending:
+                        pending.popitem(last=False)
+                        evicted += 1
+                    pending[id] = (label, event_time_ms, now)
+                    continue
+                self._remember(id, label)
+                joined.payloads.append(waiting[1])
+                joined.labels.append(label)
+                joined.event_times_ms.append(event_time_ms)
+            else:
+                self._count_repeat_label(first, label)
+        self._evicted_labels += evicted
+        return joined
+
+    def add_prediction(self, p: PredictionFacts, now_ms: int) -> JoinedRow | None:
+        """Record one prediction; return the joined row if its label is already waiting."""
+        joined = self.add_predictions([p.id], [p], now_ms)
+        return JoinedRow(p, joined.labels[0], joined.event_times_ms[0]) if joined else None
 
     def add_label(self, id: str, label: object, event_time_ms: int, now_ms: int) -> JoinedRow | None:
-        """Record a true label; return the joined row if its prediction is already waiting.
-
-        Args:
-            id: The record id.
-            label: The true label.
-            event_time_ms: When the label became true (event time); carried into the joined row.
-            now_ms: Processing time of this arrival.
-
-        Returns:
-            The :class:`JoinedRow`, or ``None`` if the label now waits or was a duplicate or conflict.
-        """
-        now = self._advance(now_ms)
-        self._labels_seen += 1
-        if id in self._joined:
-            self._count_repeat_label(self._joined[id], label)
-            return None
-        pending = self._labels.get(id)
-        if pending is not None:
-            self._count_repeat_label(pending[0], label)
-            return None
-        waiting = self._predictions.pop(id, None)
-        if waiting is not None:
-            return self._join(_unpack(id, waiting), label, event_time_ms)
-        if len(self._labels) >= self._max_pending:
-            self._labels.popitem(last=False)
-            self._evicted_labels += 1
-        self._labels[id] = (label, event_time_ms, now)
-        return None
+        """Record one true label; return the joined row if its prediction (a :class:`PredictionFacts`) waits."""
+        joined = self.add_labels([id], [label], [event_time_ms], now_ms)
+        return JoinedRow(joined.payloads[0], label, event_time_ms) if joined else None  # type: ignore[arg-type]
 
     def expire(self, now_ms: int) -> None:
         """Drop (and count) unmatched entries that have waited longer than ``ttl_ms``."""
@@ -240,29 +286,6 @@ class LabelJoiner:
             pending_labels=len(self._labels),
         )
 
-    def _pack(self, p: PredictionFacts, now_ms: int) -> tuple[Any, ...]:
-        """``(arrival_ms, model_name, model_version, scored_label, scored_probability, classes, *probabilities)``.
-
-        ``classes`` is ``None`` when there is no probability map, else the map's keys as a tuple. A 2-class
-        prediction then takes a 104-byte tuple, where the :class:`PredictionFacts`, its dict and an
-        ``(facts, arrival)`` pair took 320 bytes.
-
-        Decoded records each carry their own copies of the few distinct model names, versions, class
-        labels and sets of classes; an entry keeps one shared copy of each (about 50 bytes a string). The
-        table of shared values stops growing at ``_MAX_SHARED``, so a stream of distinct labels cannot
-        grow it without bound.
-        """
-        share = self._shared.setdefault if len(self._shared) < _MAX_SHARED else self._shared.get
-        label = p.scored_label
-        if type(label) is str:
-            label = share(label, label)
-        name, version = share(p.model_name, p.model_name), share(p.model_version, p.model_version)
-        probabilities = p.scored_probabilities
-        if probabilities is None:
-            return (now_ms, name, version, label, p.scored_probability, None)
-        classes = tuple(probabilities)
-        return (now_ms, name, version, label, p.scored_probability, share(classes, classes), *probabilities.values())
-
     def _advance(self, now_ms: int) -> int:
         if self._now_ms is not None and now_ms <= self._now_ms:
             return self._now_ms  # the clock has not moved, so nothing new can have expired
@@ -277,13 +300,12 @@ class LabelJoiner:
             self._expired_labels += 1
         return now
 
-    def _join(self, p: PredictionFacts, label: object, event_time_ms: int) -> JoinedRow:
+    def _remember(self, id: str, label: object) -> None:
         self._joined_count += 1
         if self._max_remembered:
-            self._joined[p.id] = label
+            self._joined[id] = label
             if len(self._joined) > self._max_remembered:
                 self._joined.popitem(last=False)
-        return JoinedRow(prediction=p, label=label, event_time_ms=event_time_ms)
 
     def _count_repeat_label(self, first: object, label: object) -> None:
         if _same_label(first, label):

@@ -240,22 +240,38 @@ def test_unbounded_join_matches_first_label_per_id() -> None:
     assert (c.expired_predictions, c.expired_labels, c.evicted_predictions, c.evicted_labels) == (0, 0, 0, 0)
 
 
-@pytest.mark.parametrize("shared_table_full", [False, True])
-def test_pending_predictions_come_back_equal(monkeypatch: pytest.MonkeyPatch, shared_table_full: bool) -> None:
-    """Pending predictions are stored packed; what joins is an equal PredictionFacts, whatever it held."""
-    if shared_table_full:
-        monkeypatch.setattr("scorer.join._MAX_SHARED", 0)
-    predictions = [
-        PredictionFacts("reg", "house-prices", "3", 215_000.5, None, None),
-        PredictionFacts("empty", "m", "1", "x", None, {}),
-        PredictionFacts("three", "iris", "12", "setosa", None, {"setosa": 0.8, "versicolor": 0.15, "virginica": 0.05}),
-        PredictionFacts("bin", "churn", "7", True, 0.75, {"False": 0.25, "True": 0.75}),
-        PredictionFacts("bin2", "churn", "7", False, 0.25, {"False": 0.75, "True": 0.25}),
-    ]
-    j = LabelJoiner(ttl_ms=1_000, max_pending=10)
-    for p in predictions:
-        assert j.add_prediction(p, now_ms=0) is None
-    for p in predictions:
-        row = j.add_label(p.id, "y", event_time_ms=5, now_ms=1)
-        assert row == JoinedRow(prediction=p, label="y", event_time_ms=5)
-        assert row is not None and type(row.prediction.scored_probabilities) is type(p.scored_probabilities)
+def test_batches_give_what_the_same_arrivals_one_by_one_give() -> None:
+    """The sidecar feeds whole batches, one side at a time, at one instant; the one-row calls (batches of
+    one, whose rules the tests above pin down) are the oracle.
+
+    The stream is cut into runs of one kind that share an arrival time (as a consumed batch is handed over
+    per topic at the batch's latest timestamp); each run goes in as one batch call on one joiner and row by
+    row on another. Joined rows, their order and every counter must agree.
+    """
+    events = random_events(seed=3, n_ids=3_000)
+    rng = random.Random(5)
+    runs: list[list[tuple[int, str, str, object]]] = []
+    for event in events:
+        if runs and runs[-1][0][1] == event[1] and len(runs[-1]) < rng.randint(1, 60):
+            runs[-1].append(event)
+        else:
+            runs.append([event])
+    batched: LabelJoiner[PredictionFacts] = LabelJoiner(ttl_ms=1_000, max_pending=40, max_remembered=500)
+    one_by_one: LabelJoiner[PredictionFacts] = LabelJoiner(ttl_ms=1_000, max_pending=40, max_remembered=500)
+    for run in runs:
+        now = max(e[0] for e in run)
+        if run[0][1] == "p":
+            predictions = [pred(id) for _, _, id, _ in run]
+            got = batched.add_predictions([p.id for p in predictions], predictions, now)
+            want = [one_by_one.add_prediction(p, now) for p in predictions]
+        else:
+            ids, labels, times = [e[2] for e in run], [e[3] for e in run], [e[0] - 5 for e in run]
+            got = batched.add_labels(ids, labels, times, now)
+            want = [one_by_one.add_label(i, label, t, now) for i, label, t in zip(ids, labels, times, strict=True)]
+        rows = [row for row in want if row is not None]
+        assert got.payloads == [row.prediction for row in rows]
+        assert got.labels == [row.label for row in rows]
+        assert got.event_times_ms == [row.event_time_ms for row in rows]
+        assert batched.counts == one_by_one.counts
+    c = batched.counts
+    assert min(c.joined, c.evicted_predictions, c.duplicate_labels, c.conflicting_labels, c.expired_labels) > 0
