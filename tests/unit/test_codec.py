@@ -13,6 +13,7 @@ from typing import Any
 import fastavro
 import numpy as np
 import pandas as pd
+import polars as pl
 import pytest
 
 from scorer import codec
@@ -934,3 +935,61 @@ def test_prediction_encoder_refuses_a_record_that_does_not_fit() -> None:
     encoder = PredictionEncoder(prediction_schema(training_schema(), "long"), schema_id=1)
     with pytest.raises((ValueError, TypeError)):
         encoder.encode([{"id": "x", "scored_label": "not a long"}])
+
+
+# --- RecordDecoder.decode_frames: the sidecar's columnar read ------------------------------------------------
+
+
+def prediction_record(n: int, with_features: bool = False) -> dict[str, Any]:
+    p = (n % 10) / 10
+    record: dict[str, Any] = {
+        "id": f"r-{n}",
+        "scored_label": "yes" if p >= 0.5 else "no",
+        "scored_probability": p,
+        "scored_label_probability": max(p, 1 - p),
+        "scored_probabilities": None if n % 7 == 0 else {"no": 1 - p, "yes": p},
+        "model_name": "churn",
+        "model_version": str(1 + n % 2),
+        "scored_at": 1_796_000_000_000 + n,
+    }
+    if with_features:
+        record["features"] = {"age": n, "income": None, "city": "oslo", "member": True}
+    return record
+
+
+def frame_rows(frame: pl.DataFrame) -> list[dict[str, Any]]:
+    """Rows as fastavro reads them: a map's key/value structs back as a dict."""
+    return [
+        {k: {e["key"]: e["value"] for e in v} if isinstance(v, list) else v for k, v in row.items()}
+        for row in frame.to_dicts()
+    ]
+
+
+@pytest.mark.parametrize("with_features", [False, True], ids=["columnar", "record by record (nested features)"])
+def test_decode_frames_gives_what_fastavro_gives_record_by_record(with_features: bool) -> None:
+    schema = prediction_schema(training_schema(), "string", include_features=with_features)
+    decoder = RecordDecoder(DictLookup({61: schema}), plain_types=True)
+    records = [prediction_record(n, with_features) for n in range(50)]
+    values: list[bytes | None] = [frame_value(61, body(schema, r)) for r in records]
+    frames, rejections = decoder.decode_frames(values)
+    assert rejections == []
+    assert [(f.schema_id, f.positions) for f in frames] == [(61, list(range(50)))]
+    assert frames[0].frame.schema["scored_probabilities"] == pl.List(pl.Struct({"key": pl.String, "value": pl.Float64}))
+    assert frame_rows(frames[0].frame) == [decoder.decode(v) for v in values]
+
+
+def test_decode_frames_rejects_what_it_cannot_read_and_keeps_the_others_in_place() -> None:
+    schema = prediction_schema(training_schema(), "string")
+    decoder = RecordDecoder(DictLookup({61: schema}), plain_types=True)
+    good = [frame_value(61, body(schema, prediction_record(n))) for n in range(6)]
+    values: list[bytes | None] = [good[0], None, good[1], b"\x01junk", frame_value(UNKNOWN_ID, b"\x02a"), good[2]]
+    values += [good[3][:-3], good[4]]  # a truncated body sends its whole group record by record
+    frames, rejections = decoder.decode_frames(values)
+    assert {r.index: r.reason for r in rejections} == {
+        1: RejectReason.EMPTY_VALUE,
+        3: RejectReason.BAD_MAGIC_BYTE,
+        4: RejectReason.UNKNOWN_SCHEMA_ID,
+        6: RejectReason.MALFORMED_BODY,
+    }
+    assert [f.positions for f in frames] == [[0, 2, 5, 7]]
+    assert frames[0].frame.get_column("id").to_list() == ["r-0", "r-1", "r-2", "r-4"]
