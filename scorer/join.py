@@ -5,9 +5,13 @@ threads. The sidecar owns the loop and passes processing time in as ``now_ms``; 
 joins, what waits and what is dropped, and *counts* every drop so the service can export it.
 
 Why hand-written: a stream-stream join with a TTL is what a stream processor would give us, but we only
-need one keyed buffer per side with at-least-once dedup. Two ``OrderedDict``\\ s (insertion order is
-arrival order, so the oldest entry is always at the front) give O(1) amortised expiry and eviction without
-a framework.
+need keyed buffers with at-least-once dedup. One dict maps each id to where it stands (waiting prediction,
+waiting label, or joined and remembered), so an arrival costs one lookup and one store; three deques keep
+each kind in arrival order, so the oldest is always at the front, for O(1) amortised expiry and eviction.
+An id that moves on (a waiting prediction that joins) leaves its old deque entry behind; such entries are
+skipped when they reach the front, and a deque is compacted when they outnumber the live ones. (Two
+``OrderedDict``\\ s and a third for the remembered ids did the same with three to four lookups per arrival:
+half the sidecar's time at 80,000 rows a second.)
 
 Batches: the sidecar hands over a whole consumed batch per side (:meth:`LabelJoiner.add_predictions`,
 :meth:`LabelJoiner.add_labels`), one tight loop of dict operations each, and gets the joined rows back as
@@ -41,14 +45,20 @@ Every arrival ends in exactly one bucket, which gives the invariants the tests c
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 __all__ = ["JoinCounts", "Joined", "JoinedRow", "LabelJoiner", "PredictionFacts"]
 
 P = TypeVar("P")
+
+_PREDICTION, _LABEL, _JOINED = 0, 1, 2
+"""Where an id stands: its entry in ``LabelJoiner._entries`` is one of
+``(_PREDICTION, arrival_ms, id, payload)``, ``(_LABEL, arrival_ms, id, label, event_time_ms)`` or
+``(_JOINED, id, label that won)``."""
+_MIN_COMPACT = 1024  # a deque is compacted only beyond this many entries
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,10 +172,12 @@ class LabelJoiner(Generic[P]):
         self._max_pending = max_pending
         self._max_remembered = max_remembered
         self._now_ms: int | None = None
-        # id -> (arrival_ms, payload) and id -> (label, event_time_ms, arrival_ms), oldest first.
-        self._predictions: OrderedDict[str, tuple[int, P]] = OrderedDict()
-        self._labels: OrderedDict[str, tuple[object, int, int]] = OrderedDict()
-        self._joined: OrderedDict[str, object] = OrderedDict()  # id -> label that won
+        self._entries: dict[str, tuple[Any, ...]] = {}  # id -> where it stands (see _PREDICTION)
+        self._waiting_predictions: deque[tuple[Any, ...]] = deque()  # arrival order; may hold moved-on entries
+        self._waiting_labels: deque[tuple[Any, ...]] = deque()
+        self._remembered: deque[tuple[Any, ...]] = deque()  # joined entries, oldest first (all live)
+        self._pending_predictions = 0
+        self._pending_labels = 0
         self._predictions_seen = 0
         self._labels_seen = 0
         self._joined_count = 0
@@ -191,25 +203,28 @@ class LabelJoiner(Generic[P]):
         now = self._advance(now_ms)
         self._predictions_seen += len(ids)
         joined: Joined[P] = Joined()
-        pending, labels, remembered = self._predictions, self._labels, self._joined
-        max_pending, evicted, duplicates = self._max_pending, 0, 0
+        entries, waiting = self._entries, self._waiting_predictions
+        duplicates = 0
         for id, payload in zip(ids, payloads, strict=True):
-            if id in remembered or id in pending:
-                duplicates += 1
-                continue
-            waiting = labels.pop(id, None)
-            if waiting is not None:
-                self._remember(id, waiting[0])
+            entry = entries.get(id)
+            if entry is None:
+                entry = entries[id] = (_PREDICTION, now, id, payload)
+                waiting.append(entry)
+                self._pending_predictions += 1
+                if self._pending_predictions > self._max_pending:
+                    self._drop_oldest(waiting)
+                    self._pending_predictions -= 1
+                    self._evicted_predictions += 1
+            elif entry[0] == _LABEL:
+                self._pending_labels -= 1
+                self._remember(id, entry[3])
                 joined.payloads.append(payload)
-                joined.labels.append(waiting[0])
-                joined.event_times_ms.append(waiting[1])
-                continue
-            if len(pending) >= max_pending:
-                pending.popitem(last=False)
-                evicted += 1
-            pending[id] = (now, payload)
-        self._evicted_predictions += evicted
+                joined.labels.append(entry[3])
+                joined.event_times_ms.append(entry[4])
+            else:  # waiting or joined already
+                duplicates += 1
         self._duplicate_predictions += duplicates
+        self._tidy(self._waiting_labels, self._pending_labels)
         return joined
 
     def add_labels(
@@ -229,29 +244,26 @@ class LabelJoiner(Generic[P]):
         now = self._advance(now_ms)
         self._labels_seen += len(ids)
         joined: Joined[P] = Joined()
-        pending, predictions, remembered = self._labels, self._predictions, self._joined
-        max_pending, evicted = self._max_pending, 0
+        entries, waiting = self._entries, self._waiting_labels
         for id, label, event_time_ms in zip(ids, labels, event_times_ms, strict=True):
-            first = remembered.get(id, remembered)  # the map itself stands for "not there": a label may be None
-            if first is remembered:
-                waiting_label = pending.get(id)
-                if waiting_label is not None:
-                    self._count_repeat_label(waiting_label[0], label)
-                    continue
-                waiting = predictions.pop(id, None)
-                if waiting is None:
-                    if len(pending) >= max_pending:
-                        pending.popitem(last=False)
-                        evicted += 1
-                    pending[id] = (label, event_time_ms, now)
-                    continue
+            entry = entries.get(id)
+            if entry is None:
+                entry = entries[id] = (_LABEL, now, id, label, event_time_ms)
+                waiting.append(entry)
+                self._pending_labels += 1
+                if self._pending_labels > self._max_pending:
+                    self._drop_oldest(waiting)
+                    self._pending_labels -= 1
+                    self._evicted_labels += 1
+            elif entry[0] == _PREDICTION:
+                self._pending_predictions -= 1
                 self._remember(id, label)
-                joined.payloads.append(waiting[1])
+                joined.payloads.append(entry[3])
                 joined.labels.append(label)
                 joined.event_times_ms.append(event_time_ms)
-            else:
-                self._count_repeat_label(first, label)
-        self._evicted_labels += evicted
+            else:  # the first label (waiting, or joined) wins
+                self._count_repeat_label(entry[3] if entry[0] == _LABEL else entry[2], label)
+        self._tidy(self._waiting_predictions, self._pending_predictions)
         return joined
 
     def add_prediction(self, p: PredictionFacts, now_ms: int) -> JoinedRow | None:
@@ -282,8 +294,8 @@ class LabelJoiner(Generic[P]):
             duplicate_predictions=self._duplicate_predictions,
             duplicate_labels=self._duplicate_labels,
             conflicting_labels=self._conflicting_labels,
-            pending_predictions=len(self._predictions),
-            pending_labels=len(self._labels),
+            pending_predictions=self._pending_predictions,
+            pending_labels=self._pending_labels,
         )
 
     def _advance(self, now_ms: int) -> int:
@@ -291,21 +303,55 @@ class LabelJoiner(Generic[P]):
             return self._now_ms  # the clock has not moved, so nothing new can have expired
         now = self._now_ms = now_ms
         deadline = now - self._ttl_ms
-        # Both buffers are in arrival order, so expiry stops at the first live entry: amortised O(1).
-        while self._predictions and next(iter(self._predictions.values()))[0] < deadline:
-            self._predictions.popitem(last=False)
-            self._expired_predictions += 1
-        while self._labels and next(iter(self._labels.values()))[2] < deadline:
-            self._labels.popitem(last=False)
-            self._expired_labels += 1
+        # Both deques are in arrival order, so expiry stops at the first entry young enough: amortised O(1).
+        expired = self._expire(self._waiting_predictions, deadline)
+        self._expired_predictions += expired
+        self._pending_predictions -= expired
+        expired = self._expire(self._waiting_labels, deadline)
+        self._expired_labels += expired
+        self._pending_labels -= expired
         return now
 
+    def _expire(self, waiting: deque[tuple[Any, ...]], deadline: int) -> int:
+        """Remove the entries that arrived before ``deadline``; return how many of them were still waiting."""
+        entries = self._entries
+        expired = 0
+        while waiting and waiting[0][1] < deadline:
+            entry = waiting.popleft()
+            if entries.get(entry[2]) is entry:
+                del entries[entry[2]]
+                expired += 1
+        return expired
+
     def _remember(self, id: str, label: object) -> None:
+        """``id`` joined: keep it (with the label that won) among the last ``max_remembered`` joined ids."""
         self._joined_count += 1
-        if self._max_remembered:
-            self._joined[id] = label
-            if len(self._joined) > self._max_remembered:
-                self._joined.popitem(last=False)
+        if not self._max_remembered:
+            del self._entries[id]
+            return
+        entry = self._entries[id] = (_JOINED, id, label)
+        self._remembered.append(entry)
+        if len(self._remembered) > self._max_remembered:
+            del self._entries[self._remembered.popleft()[1]]
+
+    def _drop_oldest(self, waiting: deque[tuple[Any, ...]]) -> None:
+        """Remove the oldest entry of ``waiting`` that is still waiting (there is one: the caller counted it)."""
+        entries = self._entries
+        while True:
+            entry = waiting.popleft()
+            if entries.get(entry[2]) is entry:
+                del entries[entry[2]]
+                return
+
+    def _tidy(self, waiting: deque[tuple[Any, ...]], live: int) -> None:
+        """Drop moved-on entries from the front of ``waiting``; rebuild it when they are most of it."""
+        entries = self._entries
+        while waiting and entries.get(waiting[0][2]) is not waiting[0]:
+            waiting.popleft()
+        if len(waiting) > 2 * live + _MIN_COMPACT:
+            kept = [entry for entry in waiting if entries.get(entry[2]) is entry]
+            waiting.clear()
+            waiting.extend(kept)
 
     def _count_repeat_label(self, first: object, label: object) -> None:
         if _same_label(first, label):

@@ -275,3 +275,23 @@ def test_batches_give_what_the_same_arrivals_one_by_one_give() -> None:
         assert batched.counts == one_by_one.counts
     c = batched.counts
     assert min(c.joined, c.evicted_predictions, c.duplicate_labels, c.conflicting_labels, c.expired_labels) > 0
+
+
+def test_entries_left_behind_by_joins_do_not_pile_up() -> None:
+    """Joined predictions leave their arrival-order entries behind; memory must follow what still waits.
+
+    Labels join in random order, so most left-behind entries are not at the front where expiry would drop
+    them: without compaction a long TTL would keep one entry per prediction ever seen.
+    """
+    j: LabelJoiner[int] = LabelJoiner(ttl_ms=10**12, max_pending=10**9, max_remembered=10)
+    rng = random.Random(2)
+    for round in range(20):
+        ids = [f"r{round}-{i}" for i in range(5_000)]
+        j.add_predictions(ids, list(range(len(ids))), now_ms=round)
+        rng.shuffle(ids)
+        joined = j.add_labels(ids[:4_900], ["y"] * 4_900, [0] * 4_900, now_ms=round)
+        assert len(joined) == 4_900
+        waiting = j.counts.pending_predictions
+        assert waiting == 100 * (round + 1)
+        assert len(j._waiting_predictions) <= 2 * waiting + 1024
+        assert len(j._entries) == waiting + 10  # the waiting ones and the remembered ones, nothing else
