@@ -54,10 +54,11 @@ __all__ = ["JoinCounts", "Joined", "JoinedRow", "LabelJoiner", "PredictionFacts"
 
 P = TypeVar("P")
 
-_PREDICTION, _LABEL, _JOINED = 0, 1, 2
+_PREDICTION, _LABEL, _JOINED, _GONE = 0, 1, 2, 3
 """Where an id stands: its entry in ``LabelJoiner._entries`` is one of
-``(_PREDICTION, arrival_ms, id, payload)``, ``(_LABEL, arrival_ms, id, label, event_time_ms)`` or
-``(_JOINED, id, label that won)``."""
+``[_PREDICTION, arrival_ms, id, payload]``, ``[_LABEL, arrival_ms, id, label, event_time_ms]`` or
+``(_JOINED, id, label that won)``. A waiting entry that joins is marked ``_GONE`` in place, so the deque
+that still holds it can skip it without a lookup."""
 _MIN_COMPACT = 1024  # a deque is compacted only beyond this many entries
 
 
@@ -172,9 +173,9 @@ class LabelJoiner(Generic[P]):
         self._max_pending = max_pending
         self._max_remembered = max_remembered
         self._now_ms: int | None = None
-        self._entries: dict[str, tuple[Any, ...]] = {}  # id -> where it stands (see _PREDICTION)
-        self._waiting_predictions: deque[tuple[Any, ...]] = deque()  # arrival order; may hold moved-on entries
-        self._waiting_labels: deque[tuple[Any, ...]] = deque()
+        self._entries: dict[str, list[Any] | tuple[Any, ...]] = {}  # id -> where it stands (see _PREDICTION)
+        self._waiting_predictions: deque[list[Any]] = deque()  # arrival order; may hold moved-on entries
+        self._waiting_labels: deque[list[Any]] = deque()
         self._remembered: deque[tuple[Any, ...]] = deque()  # joined entries, oldest first (all live)
         self._pending_predictions = 0
         self._pending_labels = 0
@@ -203,12 +204,12 @@ class LabelJoiner(Generic[P]):
         now = self._advance(now_ms)
         self._predictions_seen += len(ids)
         joined: Joined[P] = Joined()
-        entries, waiting = self._entries, self._waiting_predictions
+        entries, waiting, remember = self._entries, self._waiting_predictions, self._remember
         duplicates = 0
         for id, payload in zip(ids, payloads, strict=True):
             entry = entries.get(id)
             if entry is None:
-                entry = entries[id] = (_PREDICTION, now, id, payload)
+                entry = entries[id] = [_PREDICTION, now, id, payload]
                 waiting.append(entry)
                 self._pending_predictions += 1
                 if self._pending_predictions > self._max_pending:
@@ -216,8 +217,9 @@ class LabelJoiner(Generic[P]):
                     self._pending_predictions -= 1
                     self._evicted_predictions += 1
             elif entry[0] == _LABEL:
+                entry[0] = _GONE
                 self._pending_labels -= 1
-                self._remember(id, entry[3])
+                remember(id, entry[3])
                 joined.payloads.append(payload)
                 joined.labels.append(entry[3])
                 joined.event_times_ms.append(entry[4])
@@ -244,11 +246,11 @@ class LabelJoiner(Generic[P]):
         now = self._advance(now_ms)
         self._labels_seen += len(ids)
         joined: Joined[P] = Joined()
-        entries, waiting = self._entries, self._waiting_labels
+        entries, waiting, remember = self._entries, self._waiting_labels, self._remember
         for id, label, event_time_ms in zip(ids, labels, event_times_ms, strict=True):
             entry = entries.get(id)
             if entry is None:
-                entry = entries[id] = (_LABEL, now, id, label, event_time_ms)
+                entry = entries[id] = [_LABEL, now, id, label, event_time_ms]
                 waiting.append(entry)
                 self._pending_labels += 1
                 if self._pending_labels > self._max_pending:
@@ -256,8 +258,9 @@ class LabelJoiner(Generic[P]):
                     self._pending_labels -= 1
                     self._evicted_labels += 1
             elif entry[0] == _PREDICTION:
+                entry[0] = _GONE
                 self._pending_predictions -= 1
-                self._remember(id, label)
+                remember(id, label)
                 joined.payloads.append(entry[3])
                 joined.labels.append(label)
                 joined.event_times_ms.append(event_time_ms)
@@ -312,13 +315,13 @@ class LabelJoiner(Generic[P]):
         self._pending_labels -= expired
         return now
 
-    def _expire(self, waiting: deque[tuple[Any, ...]], deadline: int) -> int:
+    def _expire(self, waiting: deque[list[Any]], deadline: int) -> int:
         """Remove the entries that arrived before ``deadline``; return how many of them were still waiting."""
         entries = self._entries
         expired = 0
         while waiting and waiting[0][1] < deadline:
             entry = waiting.popleft()
-            if entries.get(entry[2]) is entry:
+            if entry[0] != _GONE:
                 del entries[entry[2]]
                 expired += 1
         return expired
@@ -334,22 +337,21 @@ class LabelJoiner(Generic[P]):
         if len(self._remembered) > self._max_remembered:
             del self._entries[self._remembered.popleft()[1]]
 
-    def _drop_oldest(self, waiting: deque[tuple[Any, ...]]) -> None:
+    def _drop_oldest(self, waiting: deque[list[Any]]) -> None:
         """Remove the oldest entry of ``waiting`` that is still waiting (there is one: the caller counted it)."""
         entries = self._entries
         while True:
             entry = waiting.popleft()
-            if entries.get(entry[2]) is entry:
+            if entry[0] != _GONE:
                 del entries[entry[2]]
                 return
 
-    def _tidy(self, waiting: deque[tuple[Any, ...]], live: int) -> None:
+    def _tidy(self, waiting: deque[list[Any]], live: int) -> None:
         """Drop moved-on entries from the front of ``waiting``; rebuild it when they are most of it."""
-        entries = self._entries
-        while waiting and entries.get(waiting[0][2]) is not waiting[0]:
+        while waiting and waiting[0][0] == _GONE:
             waiting.popleft()
         if len(waiting) > 2 * live + _MIN_COMPACT:
-            kept = [entry for entry in waiting if entries.get(entry[2]) is entry]
+            kept = [entry for entry in waiting if entry[0] != _GONE]
             waiting.clear()
             waiting.extend(kept)
 
