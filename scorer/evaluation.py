@@ -13,7 +13,8 @@ rows in a window is the oracle: every value here must equal it to 1e-9 relative 
 
 Batches: the sidecar must keep up with the scorer (tens of thousands of rows a second on two cores), which
 per-row Python updates of three windows cannot do. So rows are applied in batches: :class:`Evaluator`
-stages up to 1024 valid rows (or takes a whole consumed batch through :meth:`Evaluator.add_many`), and each
+stages up to 1024 valid rows (or takes a whole consumed batch as columns through
+:meth:`Evaluator.add_scored`, which is what the sidecar does), and each
 window then works out, with numpy, which rows enter and which leave, and hands both sets to its accumulator
 in one ``apply(added, removed)`` call. Every accumulator's state depends only on the multiset of rows in its
 window, never on the order they came in, and is kept exactly, so a batch gives bit for bit the state that
