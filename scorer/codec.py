@@ -216,14 +216,7 @@ class FeatureDecoder:
             block = decode_block(bodies, entry.layout)
             if block is not None:
                 return self._resolve(block, positions)
-        records, kept = [], []
-        for position, body in zip(positions, bodies, strict=True):
-            record = _read_body(body, entry)
-            if isinstance(record, str):
-                rejections.append(Rejection(position, RejectReason.MALFORMED_BODY, record, schema_id))
-            else:
-                records.append(record)
-                kept.append(position)
+        records, kept = _read_each(schema_id, entry, positions, bodies, rejections)
         index = pd.Index(kept, dtype=np.int64)
         data = {
             name: pandas_column([r.get(name) for r in records], self._kinds.get(name), index) for name in self._columns
@@ -335,6 +328,21 @@ class WriterLookup:
             raise
         self._unknown.pop(schema_id, None)
         return text
+
+
+def _read_each(
+    schema_id: int, entry: _WriterEntry, positions: list[int], bodies: list[bytes], rejections: list[Rejection]
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """Decode record by record: the records and their positions; each one that fails becomes a rejection."""
+    records, kept = [], []
+    for position, body in zip(positions, bodies, strict=True):
+        record = _read_body(body, entry)
+        if isinstance(record, str):
+            rejections.append(Rejection(position, RejectReason.MALFORMED_BODY, record, schema_id))
+        else:
+            records.append(record)
+            kept.append(position)
+    return records, kept
 
 
 def _read_body(body: bytes, entry: _WriterEntry) -> dict[str, Any] | str:
@@ -538,14 +546,7 @@ class RecordDecoder:
         bodies: list[bytes],
         rejections: list[Rejection],
     ) -> tuple[pl.DataFrame, list[int]]:
-        records, kept = [], []
-        for position, body in zip(positions, bodies, strict=True):
-            record = _read_body(body, entry)
-            if isinstance(record, str):
-                rejections.append(Rejection(position, RejectReason.MALFORMED_BODY, record, schema_id))
-            else:
-                records.append(record)
-                kept.append(position)
+        records, kept = _read_each(schema_id, entry, positions, bodies, rejections)
         columns = {}
         for spec in entry.writer["fields"]:
             name, values = spec["name"], [r.get(spec["name"]) for r in records]

@@ -24,9 +24,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
-from scorer.config import EvaluateSettings
 from scorer.metrics import SCORE_BOUNDS, EvaluationCollector, ScorerMetrics, ServeMetrics
 from scorer.sidecar import EvaluationSidecar
+from tests.fixtures.offline_sidecar import offline_settings
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -84,15 +84,7 @@ def evaluate_families() -> dict[str, set[str]]:
     the joiner, one evaluator per model version) without Kafka; only ``start()`` would connect.
     """
     registry = CollectorRegistry()
-    settings = EvaluateSettings(
-        bootstrap_servers="127.0.0.1:9",
-        schema_registry_url="http://127.0.0.1:9",
-        predictions_topic="predictions",
-        labels_topic="labels",
-        metrics_port=0,
-        count_window=10,
-        time_windows="5m,1h",
-    )
+    settings = offline_settings(count_window=10, time_windows="5m,1h")
     sidecar = EvaluationSidecar(settings, registry)
     registry.register(EvaluationCollector(sidecar.view))
     now_ms = 1_700_000_000_000

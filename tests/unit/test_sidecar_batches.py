@@ -19,11 +19,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from scorer.codec import RecordDecoder, frame_value
-from scorer.config import EvaluateSettings
 from scorer.evaluation import Evaluator
 from scorer.join import PredictionFacts
 from scorer.schema import label_schema, load_contract
 from scorer.sidecar import EvaluationSidecar, _scores
+from tests.fixtures.offline_sidecar import offline_settings
 
 PREDICTION_ID, LABEL_ID = 41, 42
 NOW_MS = 1_796_000_000_000
@@ -66,15 +66,8 @@ class Message:
 
 
 def sidecar() -> EvaluationSidecar:
-    settings = EvaluateSettings(
-        bootstrap_servers="127.0.0.1:9",
-        schema_registry_url="http://127.0.0.1:9",
-        predictions_topic="predictions",
-        labels_topic="labels",
-        metrics_port=0,
-        count_window=100_000,  # every row stays: the metrics then do not depend on the order rows joined in
-        time_windows="1h",
-    )
+    # count window: every row stays, so the metrics do not depend on the order rows joined in
+    settings = offline_settings(count_window=100_000, time_windows="1h")
     side = EvaluationSidecar(settings, CollectorRegistry())
     schemas = {schema_id: json.dumps(schema) for schema_id, schema in SCHEMAS.items()}
     side.decoder = RecordDecoder(schemas.__getitem__, plain_types=True)
