@@ -204,27 +204,40 @@ class LabelJoiner(Generic[P]):
         now = self._advance(now_ms)
         self._predictions_seen += len(ids)
         joined: Joined[P] = Joined()
-        entries, waiting, remember = self._entries, self._waiting_predictions, self._remember
-        duplicates = 0
+        # Locals and inlined bookkeeping: this loop and add_labels' are the sidecar's hottest Python.
+        entries, waiting, remembered = self._entries, self._waiting_predictions, self._remembered
+        max_pending, max_remembered = self._max_pending, self._max_remembered
+        add_payload, add_label, add_time = joined.payloads.append, joined.labels.append, joined.event_times_ms.append
+        pending, duplicates, evicted, joins = self._pending_predictions, 0, 0, 0
         for id, payload in zip(ids, payloads, strict=True):
             entry = entries.get(id)
             if entry is None:
                 entry = entries[id] = [_PREDICTION, now, id, payload]
                 waiting.append(entry)
-                self._pending_predictions += 1
-                if self._pending_predictions > self._max_pending:
+                pending += 1
+                if pending > max_pending:
                     self._drop_oldest(waiting)
-                    self._pending_predictions -= 1
-                    self._evicted_predictions += 1
-            elif entry[0] == _LABEL:
+                    pending -= 1
+                    evicted += 1
+            elif entry[0] == _LABEL:  # its label waits: join, and remember the id with the label that won
                 entry[0] = _GONE
-                self._pending_labels -= 1
-                remember(id, entry[3])
-                joined.payloads.append(payload)
-                joined.labels.append(entry[3])
-                joined.event_times_ms.append(entry[4])
+                joins += 1
+                if max_remembered:
+                    kept = entries[id] = (_JOINED, id, entry[3])
+                    remembered.append(kept)
+                    if len(remembered) > max_remembered:
+                        del entries[remembered.popleft()[1]]
+                else:
+                    del entries[id]
+                add_payload(payload)
+                add_label(entry[3])
+                add_time(entry[4])
             else:  # waiting or joined already
                 duplicates += 1
+        self._pending_predictions = pending
+        self._pending_labels -= joins
+        self._joined_count += joins
+        self._evicted_predictions += evicted
         self._duplicate_predictions += duplicates
         self._tidy(self._waiting_labels, self._pending_labels)
         return joined
@@ -246,26 +259,39 @@ class LabelJoiner(Generic[P]):
         now = self._advance(now_ms)
         self._labels_seen += len(ids)
         joined: Joined[P] = Joined()
-        entries, waiting, remember = self._entries, self._waiting_labels, self._remember
+        entries, waiting, remembered = self._entries, self._waiting_labels, self._remembered
+        max_pending, max_remembered = self._max_pending, self._max_remembered
+        add_payload, add_label, add_time = joined.payloads.append, joined.labels.append, joined.event_times_ms.append
+        pending, evicted, joins = self._pending_labels, 0, 0
         for id, label, event_time_ms in zip(ids, labels, event_times_ms, strict=True):
             entry = entries.get(id)
             if entry is None:
                 entry = entries[id] = [_LABEL, now, id, label, event_time_ms]
                 waiting.append(entry)
-                self._pending_labels += 1
-                if self._pending_labels > self._max_pending:
+                pending += 1
+                if pending > max_pending:
                     self._drop_oldest(waiting)
-                    self._pending_labels -= 1
-                    self._evicted_labels += 1
-            elif entry[0] == _PREDICTION:
+                    pending -= 1
+                    evicted += 1
+            elif entry[0] == _PREDICTION:  # its prediction waits: join (as in add_predictions)
                 entry[0] = _GONE
-                self._pending_predictions -= 1
-                remember(id, label)
-                joined.payloads.append(entry[3])
-                joined.labels.append(label)
-                joined.event_times_ms.append(event_time_ms)
+                joins += 1
+                if max_remembered:
+                    kept = entries[id] = (_JOINED, id, label)
+                    remembered.append(kept)
+                    if len(remembered) > max_remembered:
+                        del entries[remembered.popleft()[1]]
+                else:
+                    del entries[id]
+                add_payload(entry[3])
+                add_label(label)
+                add_time(event_time_ms)
             else:  # the first label (waiting, or joined) wins
                 self._count_repeat_label(entry[3] if entry[0] == _LABEL else entry[2], label)
+        self._pending_labels = pending
+        self._pending_predictions -= joins
+        self._joined_count += joins
+        self._evicted_labels += evicted
         self._tidy(self._waiting_predictions, self._pending_predictions)
         return joined
 
@@ -325,17 +351,6 @@ class LabelJoiner(Generic[P]):
                 del entries[entry[2]]
                 expired += 1
         return expired
-
-    def _remember(self, id: str, label: object) -> None:
-        """``id`` joined: keep it (with the label that won) among the last ``max_remembered`` joined ids."""
-        self._joined_count += 1
-        if not self._max_remembered:
-            del self._entries[id]
-            return
-        entry = self._entries[id] = (_JOINED, id, label)
-        self._remembered.append(entry)
-        if len(self._remembered) > self._max_remembered:
-            del self._entries[self._remembered.popleft()[1]]
 
     def _drop_oldest(self, waiting: deque[list[Any]]) -> None:
         """Remove the oldest entry of ``waiting`` that is still waiting (there is one: the caller counted it)."""
