@@ -348,7 +348,7 @@ def main() -> None:
             f"{verdict} the scorer it sits beside. Same run, same machine, one after the other; the median of "
             f"{len(e2e['all_ratios'])} such pairs (ratios {', '.join(f'{r:.2f}' for r in sorted(e2e['all_ratios']))}).",
             "",
-            "What limits it, and what was tried: [bench/analysis.md](../bench/analysis.md), \"Evaluation sidecar\".",
+            'What limits it, and what was tried: [bench/analysis.md](../bench/analysis.md), "Evaluation sidecar".',
             "",
         ]
     OUT.write_text("\n".join(lines))
