@@ -224,14 +224,15 @@ class EvaluationSidecar:
         self._evaluate(self.joiner.add_labels(ids, labels, times, self._clock_ms))
 
     def _evaluate(self, joined: Joined[tuple[Evaluator, object]]) -> None:
+        """Hand the joined rows to their models' evaluators, one call per model."""
         if not joined:
             return
+        by_evaluator: dict[Evaluator, tuple[list[object], list[object], list[int]]] = {}
         if len(self.evaluators) == 1:  # the usual case: every payload holds this one evaluator
             evaluator = next(iter(self.evaluators.values()))
-            by_evaluator = {evaluator: (joined.labels, [score for _, score in joined.payloads], joined.event_times_ms)}
+            by_evaluator[evaluator] = (joined.labels, [score for _, score in joined.payloads], joined.event_times_ms)
             self._add_rows(by_evaluator)
             return
-        by_evaluator: dict[Evaluator, tuple[list[object], list[object], list[int]]] = {}
         for (evaluator, score), label, event_time_ms in zip(
             joined.payloads, joined.labels, joined.event_times_ms, strict=True
         ):
