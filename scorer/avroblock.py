@@ -88,11 +88,15 @@ def layout_of(writer: dict[str, Any], used: Collection[str] = ()) -> BlockLayout
                 "fields": [{"name": "key", "type": "string"}, {"name": "value", "type": values}],
             }
             array = {"type": "array", "items": entry}
-            spec = {**spec, "type": array if null_branch is None else _with_null(array, null_branch)}
+            # only the type is read: a map's default ({} or null) would not be a valid default of an array
+            spec = {"name": spec["name"], "type": array if null_branch is None else _with_null(array, null_branch)}
         fields.append(_Field(spec["name"], kind, null_branch, values))
         readable.append(spec)
     container = io.BytesIO()
-    fastavro.writer(container, fastavro.parse_schema({**writer, "fields": readable}), [], codec="null")
+    try:
+        fastavro.writer(container, fastavro.parse_schema({**writer, "fields": readable}), [], codec="null")
+    except Exception:  # noqa: BLE001 - a writer schema fastavro reads but we cannot restate: per-record path
+        return None
     header = container.getvalue()
     return BlockLayout(tuple(fields), header, header[-16:])
 

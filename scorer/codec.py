@@ -531,6 +531,10 @@ class RecordDecoder:
                 detail = f"schema id {schema_id} is not in the registry"
                 rejections += [Rejection(i, RejectReason.UNKNOWN_SCHEMA_ID, detail, schema_id) for i in positions]
                 continue
+            if not (isinstance(entry.writer, dict) and entry.writer.get("type") == "record"):
+                detail = f"schema id {schema_id} is not a record schema"
+                rejections += [Rejection(i, RejectReason.MALFORMED_BODY, detail, schema_id) for i in positions]
+                continue
             block = decode_block(bodies, entry.layout) if entry.layout is not None else None
             if block is None:
                 block, positions = self._decode_one_by_one(schema_id, entry, positions, bodies, rejections)
@@ -564,7 +568,9 @@ class RecordDecoder:
             writer = json.loads(writer_text)
             if self._plain_types:
                 writer = without_logical_types(writer)
-            layout = layout_of(writer, used=[f["name"] for f in writer.get("fields", [])])
+            layout = None  # a writer that is not a record: every body is rejected, record by record
+            if isinstance(writer, dict) and writer.get("type") == "record":
+                layout = layout_of(writer, used=[f["name"] for f in writer.get("fields", [])])
             entry = self._entries[schema_id] = _WriterEntry(writer=fastavro.parse_schema(writer), layout=layout)
         return entry
 

@@ -36,7 +36,7 @@ import polars as pl
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from scorer.codec import RecordDecoder
+from scorer.codec import DecodedFrame, RecordDecoder
 from scorer.config import EvaluateSettings
 from scorer.errors import RegistryUnavailable
 from scorer.evaluation import BinaryMetrics, Evaluator, RegressionMetrics
@@ -162,7 +162,7 @@ class EvaluationSidecar:
             )
         for rejection in rejections:
             self._count_invalid(topic, rejection.reason.value)
-        return [part.frame for part in decoded]
+        return _in_arrival_order(decoded)
 
     def ingest(self, topic: str, record: dict[str, Any], timestamp_ms: int | None = None) -> None:
         """One decoded record of either topic (a dict as fastavro reads it): join it, evaluate, expire.
@@ -185,13 +185,17 @@ class EvaluationSidecar:
         if missing is not None:
             self._count_invalid(self.settings.predictions_topic, f"missing_field_{missing}", frame.height)
             return
+        frame = self._without_nulls(frame, ("id", "model_name", "model_version"), self.settings.predictions_topic)
         probability = pl.col("scored_probability") if "scored_probability" in frame.columns else pl.lit(None)
         frame = frame.with_columns(
             pl.col("id", "model_name", "model_version").cast(pl.String),
             probability.cast(pl.Float64, strict=False).alias("scored_probability"),
         )
-        if not isinstance(frame.schema.get("scored_probabilities"), pl.List):
+        probabilities = frame.schema.get("scored_probabilities")
+        if not (isinstance(probabilities, pl.List) and isinstance(probabilities.inner, pl.Struct)):
             frame = frame.with_columns(pl.lit(None, MAP_OF_DOUBLES).alias("scored_probabilities"))
+        if not frame.height:
+            return
         models = frame.select("model_name", "model_version").unique(maintain_order=True).rows()
         if len(models) == 1:
             evaluator = self._evaluator_for(models[0], frame)
@@ -212,6 +216,7 @@ class EvaluationSidecar:
         if "id" not in frame.columns or "label" not in frame.columns:
             self._count_invalid(self.settings.labels_topic, "missing_field", frame.height)
             return
+        frame = self._without_nulls(frame, ("id",), self.settings.labels_topic)
         ids = frame.get_column("id").cast(pl.String).to_list()
         if "event_time" in frame.columns:
             event_time = frame.get_column("event_time")  # epoch ms: the decoder reads timestamp-millis plainly
@@ -223,12 +228,29 @@ class EvaluationSidecar:
         labels = frame.get_column("label").to_list()
         self._evaluate(self.joiner.add_labels(ids, labels, times, self._clock_ms))
 
+    def _without_nulls(self, frame: pl.DataFrame, fields: tuple[str, ...], topic: str) -> pl.DataFrame:
+        """``frame`` without the rows that have no value in one of ``fields``; those are counted as invalid.
+
+        Outside the contract (the schemas make these fields non-null), but a writer schema that made them
+        nullable still passes the registry: such rows are counted, never joined under a ``None`` id or model.
+        """
+        for name in fields:
+            missing = frame.get_column(name).null_count()
+            if missing:
+                self._count_invalid(
+                    topic, f"missing_field_{name}" if topic != self.settings.labels_topic else "missing_field", missing
+                )
+                frame = frame.filter(pl.col(name).is_not_null())
+        return frame
+
     def _evaluate(self, joined: Joined[tuple[Evaluator, object]]) -> None:
         """Hand the joined rows to their models' evaluators, one call per model."""
         if not joined:
             return
         by_evaluator: dict[Evaluator, tuple[list[object], list[object], list[int]]] = {}
-        if len(self.evaluators) == 1:  # the usual case: every payload holds this one evaluator
+        # The usual case: one model, so every payload holds its evaluator. (A payload's evaluator is always in
+        # self.evaluators: both are created by _take_predictions and reset together with the joiner.)
+        if len(self.evaluators) == 1:
             evaluator = next(iter(self.evaluators.values()))
             by_evaluator[evaluator] = (joined.labels, [score for _, score in joined.payloads], joined.event_times_ms)
             self._add_rows(by_evaluator)
@@ -397,12 +419,33 @@ def _scores(frame: pl.DataFrame, evaluator: Evaluator) -> list[Any]:
     return frame.select(from_map.fill_null(pl.col("scored_probability"))).to_series().to_list()
 
 
+def _in_arrival_order(decoded: list[DecodedFrame]) -> list[pl.DataFrame]:
+    """The decoded frames cut into runs that follow the batch's order, when several writer schemas interleave.
+
+    ``decode_frames`` gives one frame per writer schema; the joiner must see records in arrival order (the
+    first label for an id wins), so a batch whose topic carries two schema ids (a schema change, two
+    producers) is handed over run by run. The usual single-schema batch is one run.
+    """
+    if len(decoded) == 1:
+        return [decoded[0].frame]
+    rows = sorted((position, k, row) for k, part in enumerate(decoded) for row, position in enumerate(part.positions))
+    runs = []
+    start = 0
+    for end in range(1, len(rows) + 1):
+        if end == len(rows) or rows[end][1] != rows[start][1]:
+            _, k, first_row = rows[start]
+            runs.append(decoded[k].frame.slice(first_row, end - start))  # a frame's rows are in batch order
+            start = end
+    return runs
+
+
 def _frame_of(record: dict[str, Any]) -> pl.DataFrame:
     """A one-row frame shaped as ``RecordDecoder.decode_frames`` gives: a map as key/value structs."""
     columns = {}
     for name, value in record.items():
         if isinstance(value, dict):
-            columns[name] = pl.Series(name, [[{"key": k, "value": v} for k, v in value.items()]])
+            entries = [[{"key": str(k), "value": v} for k, v in value.items()]]
+            columns[name] = pl.Series(name, entries, dtype=MAP_OF_DOUBLES, strict=False)
         else:
             columns[name] = pl.Series(name, [value], strict=False)
     return pl.DataFrame(columns)

@@ -739,3 +739,23 @@ def test_a_map_that_runs_into_the_next_body_is_refused() -> None:
     short = map_body(zigzag(3) + entry("no", 0.25) + entry("yes", 0.75) + zigzag(0))
     canonical = encode(PLAIN_MAP, {"id": "a", "m": {"no": 0.25}})
     assert decode_block([short, canonical, canonical], layout(PLAIN_MAP)) is None
+
+
+@pytest.mark.parametrize(
+    ("field_type", "default"),
+    [({"type": "map", "values": "string"}, {}), (["null", {"type": "map", "values": "double"}], None)],
+    ids=["map with {} default", "nullable map with null default"],
+)
+def test_a_map_field_with_a_default_still_takes_the_columnar_path(field_type: Any, default: Any) -> None:
+    """A default is valid for the map but not for the array it is read as: the layout must not carry it."""
+    schema = {
+        "type": "record",
+        "name": "R",
+        "fields": [{"name": "id", "type": "string"}, {"name": "m", "type": field_type, "default": default}],
+    }
+    bodies = [
+        encode(schema, {"id": str(i), "m": {"k": "v"} if "string" in str(field_type) else {"k": 0.5}}) for i in range(3)
+    ]
+    frame = decode_block(bodies, layout(schema))
+    assert frame is not None
+    assert as_dicts(frame) == [fastavro_decode(schema, body) for body in bodies]

@@ -170,3 +170,61 @@ def test_scores_of_a_decoded_batch_are_what_score_of_reads_row_by_row(positive: 
     want = [evaluator.score_of(f) for f in facts]
     assert [repr(x) for x in got] == [repr(x) for x in want]
     assert any(x is None for x in got) and any(isinstance(x, float) and math.isnan(x) for x in got)
+
+
+LABEL_V2_ID = 43  # the label contract with one more optional field: a producer on a newer schema version
+SCHEMAS[LABEL_V2_ID] = {
+    **label_schema("string"),
+    "fields": [*label_schema("string")["fields"], {"name": "source", "type": ["null", "string"], "default": None}],
+}
+
+
+def test_labels_of_two_writer_schemas_in_one_batch_keep_their_order() -> None:
+    """The first label for an id wins even when the next one was written with another schema version."""
+    side = sidecar()
+    side._handle([Message("predictions", framed(PREDICTION_ID, prediction(0, "1", random.Random(1))), NOW_MS)])
+    labels = [
+        Message(
+            "labels",
+            framed(LABEL_V2_ID, {"id": "other", "label": "no", "event_time": NOW_MS, "source": "x"}),
+            NOW_MS + 1,
+        ),
+        Message("labels", framed(LABEL_ID, {"id": "r-0", "label": "yes", "event_time": NOW_MS}), NOW_MS + 2),
+        Message(
+            "labels", framed(LABEL_V2_ID, {"id": "r-0", "label": "no", "event_time": NOW_MS, "source": "x"}), NOW_MS + 3
+        ),
+    ]
+    side._handle(labels)
+    counts = side.joiner.counts
+    assert (counts.joined, counts.conflicting_labels, counts.pending_labels) == (1, 1, 1)
+    assert side.joiner.add_labels(["r-0"], ["yes"], [NOW_MS], NOW_MS + 4).labels == []
+    assert side.joiner.counts.duplicate_labels == 1, "'yes', the first label, is the one that won"
+
+
+def test_records_without_an_id_or_a_model_are_counted_not_joined() -> None:
+    """Outside the contract (a writer schema that made them nullable), but never a crash or a None key."""
+    nullable = prediction_schema()
+    for spec in nullable["fields"]:
+        if spec["name"] in ("id", "model_version"):
+            spec["type"] = ["null", "string"]
+    SCHEMAS[44] = nullable
+    side = sidecar()
+    rng = random.Random(2)
+    records = [
+        prediction(0, "1", rng),
+        {**prediction(1, "2", rng), "model_version": None},
+        {**prediction(2, "1", rng), "id": None},
+    ]
+    side._handle([Message("predictions", framed(44, r), NOW_MS) for r in records])
+    assert side.invalid == {("predictions", "missing_field_id"): 1, ("predictions", "missing_field_model_version"): 1}
+    assert side.joiner.counts.pending_predictions == 1
+
+
+@pytest.mark.parametrize("writer", ["string", ["null", "string"], {"type": "map", "values": "string"}], ids=repr)
+def test_a_writer_schema_that_is_not_a_record_is_rejected_not_a_crash(writer: Any) -> None:
+    SCHEMAS[45] = writer
+    side = sidecar()
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, fastavro.parse_schema(writer), {"a": "b"} if isinstance(writer, dict) else "x")
+    side._handle([Message("labels", frame_value(45, buffer.getvalue()), NOW_MS)])
+    assert side.invalid == {("labels", "malformed_body"): 1}
