@@ -273,6 +273,15 @@ def measure_end_to_end(records: int, seed: int = 11, py_spy: bool = False) -> di
             print(f"the run's files stay in {state} (evaluate.log, the contenders' logs)")
 
 
+def _end_to_end_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """``--repeats`` end-to-end pairs, each on a fresh dev stack with its own seed, printed as they finish."""
+    runs = []
+    for k in range(args.repeats):
+        runs.append(measure_end_to_end(args.rows, seed=11 + k, py_spy=args.py_spy))
+        _print_end_to_end(runs[-1])
+    return runs
+
+
 def _print_end_to_end(e2e: dict[str, Any]) -> None:
     print(
         f"end to end: scorer {e2e['scorer_rec_per_s']:,.0f} rec/s, sidecar {e2e['sidecar_rows_per_s']:,.0f} "
@@ -298,8 +307,7 @@ def main() -> None:
     parser.add_argument("--only-end-to-end", action="store_true", help="only the end-to-end runs; write nothing")
     args = parser.parse_args()
     if args.only_end_to_end:
-        for k in range(args.repeats):
-            _print_end_to_end(measure_end_to_end(args.rows, seed=11 + k, py_spy=args.py_spy))
+        _end_to_end_runs(args)
         return
     results = {task: measure_throughput(task, args.rows) for task in ("binary", "multiclass", "regression")}
     for task, values in results.items():
@@ -311,9 +319,7 @@ def main() -> None:
     )
     e2e = None
     if args.end_to_end:  # each run on a fresh dev stack; the median ratio's run is reported, with all ratios
-        runs = [measure_end_to_end(args.rows, seed=11 + k, py_spy=args.py_spy) for k in range(args.repeats)]
-        for run in runs:
-            _print_end_to_end(run)
+        runs = _end_to_end_runs(args)
         e2e = sorted(runs, key=lambda run: run["ratio"])[len(runs) // 2]
         e2e["all_ratios"] = [run["ratio"] for run in runs]
     lines = [

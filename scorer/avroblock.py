@@ -61,16 +61,18 @@ class BlockLayout:
     sync: bytes
 
 
-def layout_of(writer: dict[str, Any], used: Collection[str] = ()) -> BlockLayout | None:
+def layout_of(writer: Any, used: Collection[str] | None = ()) -> BlockLayout | None:
     """The layout of a flat writer schema, or ``None`` if it needs the per-record path.
 
-    ``used`` names the fields the reader keeps. Those must carry no logical type: fastavro turns
+    ``used`` names the fields the reader keeps (None: all of them). Those must carry no logical type: fastavro turns
     logical types into Python objects (dates, UUIDs) where polars keeps numbers or formats them
     differently, and both paths must give the same values. Fields the reader drops may have logical types
     over int and long (their values only matter for the size check).
     """
-    if writer.get("type") != "record":
+    if not isinstance(writer, dict) or writer.get("type") != "record":
         return None
+    if used is None:
+        used = [spec["name"] for spec in writer.get("fields", [])]
     fields = []
     readable = []  # the writer's fields as polars reads them: maps as arrays of key/value records
     for spec in writer.get("fields", []):

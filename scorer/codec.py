@@ -43,7 +43,16 @@ __all__ = [
 ]
 
 MAGIC_BYTE = 0
-_POLARS_TYPES = {"double": pl.Float64, "long": pl.Int64, "boolean": pl.Boolean, "string": pl.String}
+_POLARS_TYPES = {
+    "string": pl.String,
+    "bytes": pl.Binary,
+    "int": pl.Int32,
+    "long": pl.Int64,
+    "float": pl.Float32,
+    "double": pl.Float64,
+    "boolean": pl.Boolean,
+}
+"""The polars type of each Avro primitive, as polars' Avro reader gives it (``avroblock``)."""
 _HEADER = struct.Struct(">bI")
 
 
@@ -517,11 +526,14 @@ class RecordDecoder:
         return record
 
     def decode_frames(self, values: Sequence[bytes | None]) -> tuple[list[DecodedFrame], list[Rejection]]:
-        """Decode a batch into one polars frame per writer schema, and the records that cannot be decoded.
+        """Decode a batch into polars frames, in batch order, and the records that cannot be decoded.
 
-        The columnar path of the scorer (``avroblock``) where the writer schema allows it, else record by
-        record with fastavro; both give the same frame: the writer's fields in its order (a map as a list of
-        ``{"key", "value"}`` structs). Each frame's ``positions`` are its rows' places in ``values``.
+        Each writer schema's records are read together: the columnar path of the scorer (``avroblock``)
+        where the schema allows it, else record by record with fastavro; both give the same frame, the
+        writer's fields in its order (a map as a list of ``{"key", "value"}`` structs). The usual batch of
+        one writer schema is one frame; when schemas interleave (a schema change, two producers), the
+        frames are cut into runs that follow the batch, so a reader sees the records in arrival order.
+        Each frame's ``positions`` are its rows' places in ``values``.
         """
         groups, rejections = group_by_schema_id(values)
         frames = []
@@ -540,7 +552,7 @@ class RecordDecoder:
                 block, positions = self._decode_one_by_one(schema_id, entry, positions, bodies, rejections)
             if positions:
                 frames.append(DecodedFrame(block, positions, schema_id))
-        return frames, rejections
+        return _in_batch_order(frames), rejections
 
     def _decode_one_by_one(
         self,
@@ -568,9 +580,7 @@ class RecordDecoder:
             writer = json.loads(writer_text)
             if self._plain_types:
                 writer = without_logical_types(writer)
-            layout = None  # a writer that is not a record: every body is rejected, record by record
-            if isinstance(writer, dict) and writer.get("type") == "record":
-                layout = layout_of(writer, used=[f["name"] for f in writer.get("fields", [])])
+            layout = layout_of(writer, used=None)  # None for a writer that is not a flat record
             entry = self._entries[schema_id] = _WriterEntry(writer=fastavro.parse_schema(writer), layout=layout)
         return entry
 
@@ -584,17 +594,6 @@ class DecodedFrame:
     schema_id: int
 
 
-_PRIMITIVE_DTYPES = {
-    "string": pl.String,
-    "bytes": pl.Binary,
-    "int": pl.Int32,
-    "long": pl.Int64,
-    "float": pl.Float32,
-    "double": pl.Float64,
-    "boolean": pl.Boolean,
-}
-
-
 def _polars_dtype(avro_type: Any) -> Any:
     """The polars type avroblock's columnar read gives a field (so both paths agree); None: let polars infer."""
     if isinstance(avro_type, list):
@@ -605,7 +604,27 @@ def _polars_dtype(avro_type: Any) -> Any:
             values = _polars_dtype(avro_type.get("values"))
             return None if values is None else pl.List(pl.Struct({"key": pl.String, "value": values}))
         return _polars_dtype(avro_type.get("type")) if avro_type.get("logicalType") is None else None
-    return _PRIMITIVE_DTYPES.get(avro_type) if isinstance(avro_type, str) else None
+    return _POLARS_TYPES.get(avro_type) if isinstance(avro_type, str) else None
+
+
+def _in_batch_order(frames: list[DecodedFrame]) -> list[DecodedFrame]:
+    """``frames`` (one per writer schema, each in batch order) cut into runs that follow the batch."""
+    if len(frames) <= 1:
+        return frames
+    rows = sorted((position, k, row) for k, part in enumerate(frames) for row, position in enumerate(part.positions))
+    runs = []
+    start = 0
+    for end in range(1, len(rows) + 1):
+        if end == len(rows) or rows[end][1] != rows[start][1]:
+            _, k, first = rows[start]
+            part = frames[k]
+            runs.append(
+                DecodedFrame(
+                    part.frame.slice(first, end - start), part.positions[first : first + end - start], part.schema_id
+                )
+            )
+            start = end
+    return runs
 
 
 def _is_map(avro_type: Any) -> bool:

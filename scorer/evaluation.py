@@ -957,7 +957,8 @@ class Evaluator:
         p = probabilities.get(self._positive) if probabilities is not None else None
         return prediction.scored_probability if p is None else p
 
-    def _stage(self, labels: Iterable[object], scores: Iterable[object], event_times_ms: Iterable[int]) -> int:
+    def _stage(self, labels: Sequence[object], scores: Sequence[object], event_times_ms: Sequence[int]) -> int:
+        self.rows_seen += len(labels)
         convert, invalid = self._convert, self.invalid_rows
         stage_true, stage_pred = self._staged_true.append, self._staged_pred.append
         stage_time = self._staged_times.append
@@ -971,7 +972,6 @@ class Evaluator:
                 stage_pred(values[1])
                 stage_time(event_time_ms)
                 valid += 1
-            self.rows_seen += 1
         return valid
 
     def _apply_staged(self) -> None:

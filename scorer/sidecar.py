@@ -36,7 +36,7 @@ import polars as pl
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from scorer.codec import DecodedFrame, RecordDecoder
+from scorer.codec import RecordDecoder
 from scorer.config import EvaluateSettings
 from scorer.errors import RegistryUnavailable
 from scorer.evaluation import BinaryMetrics, Evaluator, RegressionMetrics
@@ -162,7 +162,7 @@ class EvaluationSidecar:
             )
         for rejection in rejections:
             self._count_invalid(topic, rejection.reason.value)
-        return _in_arrival_order(decoded)
+        return [part.frame for part in decoded]  # in batch order: the first label for an id wins
 
     def ingest(self, topic: str, record: dict[str, Any], timestamp_ms: int | None = None) -> None:
         """One decoded record of either topic (a dict as fastavro reads it): join it, evaluate, expire.
@@ -185,7 +185,8 @@ class EvaluationSidecar:
         if missing is not None:
             self._count_invalid(self.settings.predictions_topic, f"missing_field_{missing}", frame.height)
             return
-        frame = self._without_nulls(frame, ("id", "model_name", "model_version"), self.settings.predictions_topic)
+        required = {name: f"missing_field_{name}" for name in ("id", "model_name", "model_version")}
+        frame = self._without_nulls(frame, required, self.settings.predictions_topic)
         probability = pl.col("scored_probability") if "scored_probability" in frame.columns else pl.lit(None)
         frame = frame.with_columns(
             pl.col("id", "model_name", "model_version").cast(pl.String),
@@ -216,7 +217,7 @@ class EvaluationSidecar:
         if "id" not in frame.columns or "label" not in frame.columns:
             self._count_invalid(self.settings.labels_topic, "missing_field", frame.height)
             return
-        frame = self._without_nulls(frame, ("id",), self.settings.labels_topic)
+        frame = self._without_nulls(frame, {"id": "missing_field"}, self.settings.labels_topic)
         ids = frame.get_column("id").cast(pl.String).to_list()
         if "event_time" in frame.columns:
             event_time = frame.get_column("event_time")  # epoch ms: the decoder reads timestamp-millis plainly
@@ -228,18 +229,17 @@ class EvaluationSidecar:
         labels = frame.get_column("label").to_list()
         self._evaluate(self.joiner.add_labels(ids, labels, times, self._clock_ms))
 
-    def _without_nulls(self, frame: pl.DataFrame, fields: tuple[str, ...], topic: str) -> pl.DataFrame:
-        """``frame`` without the rows that have no value in one of ``fields``; those are counted as invalid.
+    def _without_nulls(self, frame: pl.DataFrame, reasons: dict[str, str], topic: str) -> pl.DataFrame:
+        """``frame`` without the rows that have no value in one of the fields ``reasons`` names, each counted
+        as invalid with that field's reason.
 
         Outside the contract (the schemas make these fields non-null), but a writer schema that made them
         nullable still passes the registry: such rows are counted, never joined under a ``None`` id or model.
         """
-        for name in fields:
+        for name, reason in reasons.items():
             missing = frame.get_column(name).null_count()
             if missing:
-                self._count_invalid(
-                    topic, f"missing_field_{name}" if topic != self.settings.labels_topic else "missing_field", missing
-                )
+                self._count_invalid(topic, reason, missing)
                 frame = frame.filter(pl.col(name).is_not_null())
         return frame
 
@@ -417,26 +417,6 @@ def _scores(frame: pl.DataFrame, evaluator: Evaluator) -> list[Any]:
         .cast(pl.Float64, strict=False)
     )
     return frame.select(from_map.fill_null(pl.col("scored_probability"))).to_series().to_list()
-
-
-def _in_arrival_order(decoded: list[DecodedFrame]) -> list[pl.DataFrame]:
-    """The decoded frames cut into runs that follow the batch's order, when several writer schemas interleave.
-
-    ``decode_frames`` gives one frame per writer schema; the joiner must see records in arrival order (the
-    first label for an id wins), so a batch whose topic carries two schema ids (a schema change, two
-    producers) is handed over run by run. The usual single-schema batch is one run.
-    """
-    if len(decoded) == 1:
-        return [decoded[0].frame]
-    rows = sorted((position, k, row) for k, part in enumerate(decoded) for row, position in enumerate(part.positions))
-    runs = []
-    start = 0
-    for end in range(1, len(rows) + 1):
-        if end == len(rows) or rows[end][1] != rows[start][1]:
-            _, k, first_row = rows[start]
-            runs.append(decoded[k].frame.slice(first_row, end - start))  # a frame's rows are in batch order
-            start = end
-    return runs
 
 
 def _frame_of(record: dict[str, Any]) -> pl.DataFrame:

@@ -37,7 +37,28 @@ def prediction_schema(label_type: str = "string") -> dict[str, Any]:
     return schema
 
 
-SCHEMAS = {PREDICTION_ID: prediction_schema(), LABEL_ID: label_schema("string")}
+LABEL_V2_ID = 43  # the label contract with one more optional field: a producer on a newer schema version
+NULLABLE_PREDICTION_ID = 44  # id and model_version made nullable: outside the contract, accepted by a registry
+NOT_A_RECORD_ID = 45  # each test that uses it says what it stands for
+
+
+def nullable_prediction_schema() -> dict[str, Any]:
+    schema = prediction_schema()
+    for spec in schema["fields"]:
+        if spec["name"] in ("id", "model_version"):
+            spec["type"] = ["null", "string"]
+    return schema
+
+
+SCHEMAS: dict[int, Any] = {
+    PREDICTION_ID: prediction_schema(),
+    LABEL_ID: label_schema("string"),
+    LABEL_V2_ID: {
+        **label_schema("string"),
+        "fields": [*label_schema("string")["fields"], {"name": "source", "type": ["null", "string"], "default": None}],
+    },
+    NULLABLE_PREDICTION_ID: nullable_prediction_schema(),
+}
 
 
 def framed(schema_id: int, record: dict[str, Any]) -> bytes:
@@ -65,11 +86,11 @@ class Message:
         return 1, self._timestamp
 
 
-def sidecar() -> EvaluationSidecar:
+def sidecar(more_schemas: dict[int, Any] | None = None) -> EvaluationSidecar:
     # count window: every row stays, so the metrics do not depend on the order rows joined in
     settings = offline_settings(count_window=100_000, time_windows="1h")
     side = EvaluationSidecar(settings, CollectorRegistry())
-    schemas = {schema_id: json.dumps(schema) for schema_id, schema in SCHEMAS.items()}
+    schemas = {schema_id: json.dumps(schema) for schema_id, schema in {**SCHEMAS, **(more_schemas or {})}.items()}
     side.decoder = RecordDecoder(schemas.__getitem__, plain_types=True)
     return side
 
@@ -172,13 +193,6 @@ def test_scores_of_a_decoded_batch_are_what_score_of_reads_row_by_row(positive: 
     assert any(x is None for x in got) and any(isinstance(x, float) and math.isnan(x) for x in got)
 
 
-LABEL_V2_ID = 43  # the label contract with one more optional field: a producer on a newer schema version
-SCHEMAS[LABEL_V2_ID] = {
-    **label_schema("string"),
-    "fields": [*label_schema("string")["fields"], {"name": "source", "type": ["null", "string"], "default": None}],
-}
-
-
 def test_labels_of_two_writer_schemas_in_one_batch_keep_their_order() -> None:
     """The first label for an id wins even when the next one was written with another schema version."""
     side = sidecar()
@@ -203,11 +217,6 @@ def test_labels_of_two_writer_schemas_in_one_batch_keep_their_order() -> None:
 
 def test_records_without_an_id_or_a_model_are_counted_not_joined() -> None:
     """Outside the contract (a writer schema that made them nullable), but never a crash or a None key."""
-    nullable = prediction_schema()
-    for spec in nullable["fields"]:
-        if spec["name"] in ("id", "model_version"):
-            spec["type"] = ["null", "string"]
-    SCHEMAS[44] = nullable
     side = sidecar()
     rng = random.Random(2)
     records = [
@@ -215,16 +224,15 @@ def test_records_without_an_id_or_a_model_are_counted_not_joined() -> None:
         {**prediction(1, "2", rng), "model_version": None},
         {**prediction(2, "1", rng), "id": None},
     ]
-    side._handle([Message("predictions", framed(44, r), NOW_MS) for r in records])
+    side._handle([Message("predictions", framed(NULLABLE_PREDICTION_ID, r), NOW_MS) for r in records])
     assert side.invalid == {("predictions", "missing_field_id"): 1, ("predictions", "missing_field_model_version"): 1}
     assert side.joiner.counts.pending_predictions == 1
 
 
 @pytest.mark.parametrize("writer", ["string", ["null", "string"], {"type": "map", "values": "string"}], ids=repr)
 def test_a_writer_schema_that_is_not_a_record_is_rejected_not_a_crash(writer: Any) -> None:
-    SCHEMAS[45] = writer
-    side = sidecar()
+    side = sidecar({NOT_A_RECORD_ID: writer})
     buffer = io.BytesIO()
     fastavro.schemaless_writer(buffer, fastavro.parse_schema(writer), {"a": "b"} if isinstance(writer, dict) else "x")
-    side._handle([Message("labels", frame_value(45, buffer.getvalue()), NOW_MS)])
+    side._handle([Message("labels", frame_value(NOT_A_RECORD_ID, buffer.getvalue()), NOW_MS)])
     assert side.invalid == {("labels", "malformed_body"): 1}
