@@ -289,12 +289,14 @@ def measure_throughput(
     tag: str,
     scorer_env: dict[str, str] | None = None,
     on_start: Callable[[Contender], None] | None = None,
+    on_first_output: Callable[[], None] | None = None,
     max_seconds: float | None = None,
 ) -> ThroughputRun:
     """Run ``kind`` over an already-filled input topic until ``target`` outputs were read back.
 
     ``max_seconds`` (after the first output) bounds the run for a slow contender: the rate is then
-    measured on the records that came out in that time.
+    measured on the records that came out in that time. ``on_first_output`` is called once, when the first
+    output has been read. The result's ``extra`` holds the CreateTimes (ms) of the first and last outputs.
     """
     from bench.workload import create_topics
 
@@ -317,11 +319,17 @@ def measure_throughput(
         on_start(contender)
     background = BackgroundLoad([contender.pid])
     first: list[tuple[int, float | None]] = []
+
+    def at_first_output(n: int) -> None:
+        first.append((n, cpu_seconds(contender.pid)))
+        if on_first_output is not None:
+            on_first_output()
+
     try:
         reader.until(
             target,
             contender.alive,
-            on_first=lambda n: first.append((n, cpu_seconds(contender.pid))),
+            on_first=at_first_output,
             max_after_first_s=max_seconds,
         )
         peak = contender.peak_rss_mb()
@@ -350,6 +358,7 @@ def measure_throughput(
         wall_s=time.monotonic() - started,
         cpu_us_per_record=cpu_per_record,
         background_cores=other,
+        extra={"first_output_ms": reader.first_ts, "last_output_ms": reader.last_ts},
     )
 
 

@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tracemalloc
 import urllib.request
@@ -164,14 +165,158 @@ def _last_busy(pid: int, idle_for_s: float, period_s: float = 0.05) -> tuple[flo
             return last
 
 
-def measure_end_to_end(records: int, seed: int = 11, py_spy: bool = False) -> dict[str, Any]:
-    """``scorer run`` over ``records`` features, then ``scorer evaluate`` over its predictions and labels.
+class _Sidecar:
+    """``scorer evaluate`` as its own process over ``predictions`` and ``labels``, watched until it joined them all.
 
-    With ``py_spy`` (and py-spy installed) the sidecar is sampled while it joins, and the result carries
-    where its main thread spent its time (``bench.pyspy.summarise``).
+    :meth:`watch` (run inline, or on a thread while a scorer runs beside it) records when the sidecar read
+    its first record and when it last worked: the rate counts from the first record read (not the first
+    join: a prediction is read before its label, or the other way round) to the last join, so it covers
+    reading and decoding both records of every row. Each scrape computes every window under the sidecar's
+    lock (tens of ms with 400,000 rows in a window), so /metrics is asked only until the first record is
+    read and then whenever the sidecar has gone idle; in between the end is watched through its CPU time,
+    which costs it nothing.
     """
-    from bench import pyspy
-    from bench.harness import cpu_seconds, measure_throughput, read_status_kb
+
+    def __init__(self, bootstrap: str, registry_url: str, predictions: str, labels: str, state: Path, py_spy: bool):
+        from bench import pyspy
+
+        self.port = _free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SCORER_")}
+        env.update(
+            {
+                "SCORER_BOOTSTRAP_SERVERS": bootstrap,
+                "SCORER_SCHEMA_REGISTRY_URL": registry_url,
+                "SCORER_PREDICTIONS_TOPIC": predictions,
+                "SCORER_LABELS_TOPIC": labels,
+                "SCORER_GROUP_ID": f"bench-evaluate-{predictions}",  # not the scorer run's group (bench-<tag>)
+                "SCORER_METRICS_PORT": str(self.port),
+                "SCORER_LOG_LEVEL": "WARNING",
+            }
+        )
+        self.log_path = state / f"evaluate-{predictions}.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "scorer", "evaluate"], env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        self.launched = time.monotonic()
+        self.spy_path = state / f"py-spy-{predictions}.txt"
+        self._sampler = pyspy.attach(self.process.pid, self.spy_path) if py_spy else None
+        self.first: tuple[float, float | None] | None = None  # (monotonic time, CPU seconds) at the first read
+        self.ended, self.cpu_end, self.joined, self.peak_rss_mb = 0.0, None, 0.0, float("nan")
+
+    def watch(self, records: int) -> None:
+        """Wait until ``records`` rows joined (or the sidecar died, or idled for a minute short of them)."""
+        from bench.harness import cpu_seconds, read_status_kb
+
+        pid = self.process.pid
+        while self.first is None and time.monotonic() - self.launched < 60 and self.process.poll() is None:
+            time.sleep(0.05)
+            if _counters(self.port)[0] > 0:
+                self.first = (time.monotonic(), cpu_seconds(pid))
+        self.ended, self.cpu_end = time.monotonic(), cpu_seconds(pid)
+        while self.first is not None and self.joined < records and self.process.poll() is None:
+            self.ended, self.cpu_end = _last_busy(pid, idle_for_s=1.0)
+            self.joined = _counters(self.port)[1]
+            if self.joined < records and time.monotonic() - self.ended > 60:
+                break  # idle for a minute short of the end: reported by result()
+        self.peak_rss_mb = read_status_kb(pid, "VmHWM") or float("nan")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+        if self._sampler is not None:
+            self._sampler.wait(60)  # py-spy writes its samples when the process it samples has exited
+
+    def result(self, records: int) -> dict[str, Any]:
+        """Its rate, CPU per row, peak RSS and (with py-spy) profile; raises if it did not join every row."""
+        from bench import pyspy
+
+        if self.first is None or self.joined < records:
+            raise RuntimeError(f"scorer evaluate joined {self.joined:.0f} of {records}; see {self.log_path}")
+        cpu_start = self.first[1]
+        cpu = (self.cpu_end - cpu_start) / self.joined * 1e6 if None not in (self.cpu_end, cpu_start) else float("nan")
+        return {
+            "sidecar_rows_per_s": self.joined / (self.ended - self.first[0]),
+            "sidecar_cpu_us_per_row": cpu,
+            "sidecar_peak_rss_mb": self.peak_rss_mb,
+            "profile": pyspy.summarise(self.spy_path, SIDECAR_ROOTS) if self._sampler is not None else None,
+        }
+
+
+def _raw_records(bootstrap: str, topic: str, count: int) -> list[tuple[bytes, bytes]]:
+    """The first ``count`` records of ``topic`` as (key, value) bytes: labels encoded once, sent again raw."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-raw", "log_level": 2})
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(3)])
+    records: list[tuple[bytes, bytes]] = []
+    deadline = time.monotonic() + 120
+    while len(records) < count and time.monotonic() < deadline:
+        for message in consumer.consume(num_messages=10_000, timeout=0.5):
+            if message.error() is None:
+                records.append((message.key(), message.value()))
+    consumer.close()
+    if len(records) < count:
+        raise RuntimeError(f"read {len(records)} of {count} records of {topic}")
+    return records
+
+
+class _PacedSender(threading.Thread):
+    """Sends pre-encoded records at ``rate`` a second from :meth:`start`; ``finished`` is when the last was sent."""
+
+    def __init__(self, bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], rate: float) -> None:
+        from bench.workload import bulk_producer
+
+        super().__init__(daemon=True)
+        self.producer, self.topic, self.records, self.rate = bulk_producer(bootstrap), topic, records, rate
+        self.finished = float("nan")
+
+    def run(self) -> None:
+        started = time.monotonic()
+        for n, (key, value) in enumerate(self.records, 1):
+            while True:
+                try:
+                    self.producer.produce(self.topic, key=key, value=value)
+                    break
+                except BufferError:
+                    self.producer.poll(0.05)
+            if n % 1000 == 0:
+                self.producer.poll(0)
+                ahead = started + n / self.rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+        self.producer.flush(60)
+        self.finished = time.monotonic()
+
+
+def _free_port() -> int:
+    from scorer import devstack
+
+    return devstack.free_port()
+
+
+def measure_end_to_end(records: int, seed: int = 11, py_spy: bool = False) -> dict[str, Any]:
+    """On one fresh dev stack: the scorer alone, then the sidecar alone over its output; then both at once.
+
+    *After*: ``scorer run`` over ``records`` pre-filled features (its throughput, measured as ``bench.run``
+    does), then ``scorer evaluate`` over its predictions and one label per prediction (pre-filled, shuffled):
+    the ratio of the two rates. *Beside*: the deployment shape. A sidecar is started and left to join its
+    group; then a second scorer (its own group and output topic) scores the same features while the labels
+    are sent again to a fresh topic at the scorer's measured rate, from its first prediction on, and the
+    sidecar reads both as they are written. Scorer, sidecar and broker share the machine's two cores, so each
+    is slower than alone; what matters is whether the sidecar keeps pace: ``beside_lag_s`` is how long
+    after both streams ended (the scorer's last prediction, the last label sent) the sidecar had joined every
+    row. A sidecar that cannot keep up falls behind by a growing amount, which shows here as seconds.
+
+    With ``py_spy`` (and py-spy installed) the sidecar of the *after* run is sampled while it joins, and the
+    result carries where its main thread spent its time (``bench.pyspy.summarise``).
+    """
+    from bench.harness import measure_throughput
     from bench.workload import build, create_topics
     from scorer import devstack
     from scorer.bundle import load_bundle
@@ -180,20 +325,9 @@ def measure_end_to_end(records: int, seed: int = 11, py_spy: bool = False) -> di
 
     state = Path(tempfile.mkdtemp(prefix="scorer-bench-sidecar-"))
     stack = devstack.up(state / "stack", broker_port=0, registry_port=0)
+    sidecars: list[_Sidecar] = []
     try:
         work = build(stack.bootstrap_servers, stack.registry_url, state, records, seed, "bench.sidecar.features")
-        scorer = measure_throughput(
-            "scorer",
-            "linear",
-            records,
-            bootstrap=stack.bootstrap_servers,
-            registry_url=stack.registry_url,
-            input_topic=work.input_topic,
-            bundle=work.bundles["linear"],
-            state=state,
-            tag="sidecar-e2e",
-        )
-        predictions = "bench.out.sidecar-e2e"
         labels_topic = "bench.sidecar.labels"
         create_topics(stack.bootstrap_servers, [labels_topic])
         classes = list(load_bundle(work.bundles["linear"]).classes or [])
@@ -201,76 +335,76 @@ def measure_end_to_end(records: int, seed: int = 11, py_spy: bool = False) -> di
         ids = [key.decode() for key in work.keys]
         truth = pd.DataFrame({"id": ids, "label": rng.choice(classes, size=len(ids))}).sample(frac=1, random_state=1)
         settings = KafkaSettings(bootstrap_servers=stack.bootstrap_servers, schema_registry_url=stack.registry_url)
-        publish_labels(settings, truth, labels_topic, label_type="string" if isinstance(classes[0], str) else None)
+        label_type = "string" if isinstance(classes[0], str) else None
+        publish_labels(settings, truth, labels_topic, label_type=label_type)
 
-        port = devstack.free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SCORER_")}
-        env.update(
-            {
-                "SCORER_BOOTSTRAP_SERVERS": stack.bootstrap_servers,
-                "SCORER_SCHEMA_REGISTRY_URL": stack.registry_url,
-                "SCORER_PREDICTIONS_TOPIC": predictions,
-                "SCORER_LABELS_TOPIC": labels_topic,
-                "SCORER_GROUP_ID": "bench-sidecar-evaluate",  # not the scorer run's group (bench-<tag>)
-                "SCORER_METRICS_PORT": str(port),
-                "SCORER_LOG_LEVEL": "WARNING",
-            }
+        def score(tag: str, on_first_output: Any = None) -> Any:
+            return measure_throughput(
+                "scorer",
+                "linear",
+                records,
+                bootstrap=stack.bootstrap_servers,
+                registry_url=stack.registry_url,
+                input_topic=work.input_topic,
+                bundle=work.bundles["linear"],
+                state=state,
+                tag=tag,
+                on_first_output=on_first_output,
+            )
+
+        def sidecar(predictions: str, spy: bool = False, labels: str = labels_topic) -> _Sidecar:
+            sidecars.append(_Sidecar(stack.bootstrap_servers, stack.registry_url, predictions, labels, state, spy))
+            return sidecars[-1]
+
+        # After: the scorer alone, then the sidecar alone over its output.
+        scorer = score("sidecar-e2e")
+        after = sidecar("bench.out.sidecar-e2e", py_spy)
+        after.watch(records)
+        after.stop()
+        result = {"records": records, "scorer_rec_per_s": scorer.throughput, **after.result(records)}
+        result["ratio"] = result["sidecar_rows_per_s"] / scorer.throughput
+
+        # Beside: a second scorer and its own sidecar at once; the labels streamed at the scorer's pace.
+        beside_labels, beside_predictions = f"{labels_topic}.beside", "bench.out.sidecar-beside"
+        create_topics(stack.bootstrap_servers, [beside_labels, beside_predictions])
+        raw_labels = _raw_records(stack.bootstrap_servers, labels_topic, records)
+        beside = sidecar(beside_predictions, labels=beside_labels)
+        # One label of an id that is never predicted: once the sidecar has read it, it is assigned and
+        # reading (a group join, and on the dev broker a failed seek by time, take seconds that the after
+        # run does not count either).
+        warm_up = pd.DataFrame({"id": ["warm-up"], "label": [classes[0]]})
+        publish_labels(settings, warm_up, beside_labels, label_type=label_type)
+        deadline = time.monotonic() + 120
+        while _counters(beside.port)[0] < 1:
+            if time.monotonic() > deadline or beside.process.poll() is not None:
+                raise RuntimeError(f"the beside sidecar read nothing in 120 s; see {beside.log_path}")
+            time.sleep(0.1)
+        watcher = threading.Thread(target=beside.watch, args=(records,), daemon=True)
+        sender = _PacedSender(stack.bootstrap_servers, beside_labels, raw_labels, rate=scorer.throughput)
+        watcher.start()
+        clock_offset = time.time() - time.monotonic()
+        scorer_beside = score("sidecar-beside", on_first_output=sender.start)
+        sender.join()
+        watcher.join(600)
+        beside.stop()
+        if beside.joined < records:
+            raise RuntimeError(f"the beside sidecar joined {beside.joined:.0f} of {records}; see {beside.log_path}")
+        streams_ended = max(scorer_beside.extra["last_output_ms"] / 1000, sender.finished + clock_offset)
+        result.update(
+            beside_scorer_rec_per_s=scorer_beside.throughput,
+            beside_scorer_s=scorer_beside.seconds,
+            beside_lag_s=max(0.0, beside.ended + clock_offset - streams_ended),
         )
-        log = (state / "evaluate.log").open("wb")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "scorer", "evaluate"], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        launched = time.monotonic()
-        sampler = pyspy.attach(process.pid, state / "py-spy-evaluate.txt") if py_spy else None
-        try:
-            # The rate counts from the first record read (not the first join: predictions are read before
-            # their labels) to the last join, so it covers reading and decoding both records of every row.
-            # Each scrape computes every window under the sidecar's lock (tens of ms with 400,000 rows in a
-            # window), so /metrics is asked only until the first record is read and then once the sidecar
-            # has gone idle; in between the end is watched through its CPU time, which costs it nothing.
-            first: tuple[float, float | None] | None = None
-            while first is None and time.monotonic() - launched < 60 and process.poll() is None:
-                time.sleep(0.05)
-                if _counters(port)[0] > 0:
-                    first = (time.monotonic(), cpu_seconds(process.pid))
-            joined, ended, cpu_end = 0.0, time.monotonic(), cpu_seconds(process.pid)
-            while first is not None and joined < records and process.poll() is None:
-                ended, cpu_end = _last_busy(process.pid, idle_for_s=1.0)
-                joined = _counters(port)[1]
-                if joined < records and time.monotonic() - ended > 60:
-                    break  # idle for a minute short of the end: reported below
-            peak = read_status_kb(process.pid, "VmHWM")
-        finally:
-            process.terminate()
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            log.close()
-            if sampler is not None:
-                sampler.wait(60)  # py-spy writes its samples when the process it samples has exited
-        if first is None or joined < records:
-            raise RuntimeError(f"scorer evaluate joined {joined:.0f} of {records}; see {state / 'evaluate.log'}")
-        rows = joined
-        cpu = (cpu_end - first[1]) / rows * 1e6 if cpu_end is not None and first[1] is not None else float("nan")
-        sidecar_rate = rows / (ended - first[0])
-        profile = pyspy.summarise(state / "py-spy-evaluate.txt", SIDECAR_ROOTS) if sampler is not None else None
-        return {
-            "profile": profile,
-            "records": records,
-            "scorer_rec_per_s": scorer.throughput,
-            "sidecar_rows_per_s": sidecar_rate,
-            "ratio": sidecar_rate / scorer.throughput,
-            "sidecar_cpu_us_per_row": cpu,
-            "sidecar_peak_rss_mb": peak or float("nan"),
-        }
+        return result
     finally:
+        for process in sidecars:
+            if process.process.poll() is None:
+                process.stop()
         devstack.stop(state / "stack")  # by the PIDs recorded in the state directory: before removing it
         if sys.exc_info()[0] is None:
             shutil.rmtree(state, ignore_errors=True)
         else:
-            print(f"the run's files stay in {state} (evaluate.log, the contenders' logs)")
+            print(f"the run's files stay in {state} (evaluate-*.log, the contenders' logs)")
 
 
 def _end_to_end_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -285,7 +419,9 @@ def _end_to_end_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
 def _print_end_to_end(e2e: dict[str, Any]) -> None:
     print(
         f"end to end: scorer {e2e['scorer_rec_per_s']:,.0f} rec/s, sidecar {e2e['sidecar_rows_per_s']:,.0f} "
-        f"joined rows/s ({e2e['ratio']:.2f}x), {e2e['sidecar_cpu_us_per_row']:.1f} CPU us/row"
+        f"joined rows/s ({e2e['ratio']:.2f}x), {e2e['sidecar_cpu_us_per_row']:.1f} CPU us/row; beside: scorer "
+        f"{e2e['beside_scorer_rec_per_s']:,.0f} rec/s over {e2e['beside_scorer_s']:.1f} s, sidecar done "
+        f"{e2e['beside_lag_s']:.2f} s after the streams ended"
     )
     profile = e2e.get("profile")
     if profile:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+from collections import Counter, OrderedDict
 
 import pytest
 
@@ -277,11 +278,32 @@ def test_batches_give_what_the_same_arrivals_one_by_one_give() -> None:
     assert min(c.joined, c.evicted_predictions, c.duplicate_labels, c.conflicting_labels, c.expired_labels) > 0
 
 
-def test_entries_left_behind_by_joins_do_not_pile_up() -> None:
-    """Joined predictions leave their arrival-order entries behind; memory must follow what still waits.
+def test_joined_rows_come_in_the_order_of_the_batch_that_completed_them() -> None:
+    """A batch of labels that completes every waiting prediction, in another order than theirs: the rows
+    follow the labels (the evaluators' count window keeps the last N rows by that order)."""
+    j: LabelJoiner[str] = LabelJoiner(ttl_ms=1_000, max_pending=10)
+    j.add_predictions(["a", "b", "c"], ["pa", "pb", "pc"], now_ms=0)
+    joined = j.add_labels(["c", "a", "b"], ["lc", "la", "lb"], [3, 1, 2], now_ms=1)
+    assert (joined.payloads, joined.labels, joined.event_times_ms) == (
+        ["pc", "pa", "pb"],
+        ["lc", "la", "lb"],
+        [3, 1, 2],
+    )
+    j.add_labels(["f", "e", "d"], ["lf", "le", "ld"], [6, 5, 4], now_ms=2)
+    joined = j.add_predictions(["d", "f", "e"], ["pd", "pf", "pe"], now_ms=3)
+    assert (joined.payloads, joined.labels, joined.event_times_ms) == (
+        ["pd", "pf", "pe"],
+        ["ld", "lf", "le"],
+        [4, 6, 5],
+    )
 
-    Labels join in random order, so most left-behind entries are not at the front where expiry would drop
-    them: without compaction a long TTL would keep one entry per prediction ever seen.
+
+def test_memory_follows_what_waits_not_what_went_by() -> None:
+    """Joined predictions leave dead entries behind in their ring and dead codes in the id dict; memory must
+    follow what still waits and what is remembered.
+
+    Labels join in random order, so most dead entries are not at the front where expiry would drop them:
+    without compaction a long TTL would keep one entry per prediction ever seen.
     """
     j: LabelJoiner[int] = LabelJoiner(ttl_ms=10**12, max_pending=10**9, max_remembered=10)
     rng = random.Random(2)
@@ -293,5 +315,138 @@ def test_entries_left_behind_by_joins_do_not_pile_up() -> None:
         assert len(joined) == 4_900
         waiting = j.counts.pending_predictions
         assert waiting == 100 * (round + 1)
-        assert len(j._waiting_predictions) <= 2 * waiting + 1024
-        assert len(j._entries) == waiting + 10  # the waiting ones and the remembered ones, nothing else
+        live = waiting + 10  # the waiting ones and the remembered ones
+        assert len(j._predictions.ids) <= 2 * waiting + 1024
+        assert len(j._remembered.ids) <= 2 * 10 + 1024
+        assert len(j._entries) <= 2 * live + 1024
+
+
+class ReferenceJoiner:
+    """The joiner's rules, one row at a time over ``OrderedDict``\\ s: slow, short and plainly right.
+
+    The fast joiner (rings, codes, vectorised runs) must give exactly what this gives.
+    """
+
+    def __init__(self, ttl_ms: int, max_pending: int, max_remembered: int) -> None:
+        self.ttl_ms, self.max_pending, self.max_remembered = ttl_ms, max_pending, max_remembered
+        self.now: int | None = None
+        self.predictions: OrderedDict[str, tuple[int, object]] = OrderedDict()  # id -> (arrival, payload)
+        self.labels: OrderedDict[str, tuple[int, object, int]] = OrderedDict()  # id -> (arrival, label, time)
+        self.remembered: OrderedDict[str, object] = OrderedDict()  # id -> the label that won
+        self.c: Counter[str] = Counter()
+
+    def advance(self, now: int) -> int:
+        if self.now is None or now > self.now:
+            self.now = now
+            for side, waiting in (("predictions", self.predictions), ("labels", self.labels)):
+                while waiting and next(iter(waiting.values()))[0] < now - self.ttl_ms:
+                    waiting.popitem(last=False)
+                    self.c[f"expired_{side}"] += 1
+        return self.now
+
+    def wait(self, side: str, waiting: OrderedDict, id: str, entry: tuple) -> None:
+        waiting[id] = entry
+        if len(waiting) > self.max_pending:
+            waiting.popitem(last=False)
+            self.c[f"evicted_{side}"] += 1
+
+    def join(self, id: str, label: object) -> None:
+        self.c["joined"] += 1
+        if self.max_remembered:
+            self.remembered[id] = label
+            if len(self.remembered) > self.max_remembered:
+                self.remembered.popitem(last=False)
+
+    def add_predictions(self, ids: list[str], payloads: list[object], now: int) -> list[tuple]:
+        now = self.advance(now)
+        rows = []
+        for id, payload in zip(ids, payloads, strict=True):
+            self.c["predictions_seen"] += 1
+            if id in self.predictions or id in self.remembered:
+                self.c["duplicate_predictions"] += 1
+            elif id in self.labels:
+                _, label, time = self.labels.pop(id)
+                self.join(id, label)
+                rows.append((payload, label, time))
+            else:
+                self.wait("predictions", self.predictions, id, (now, payload))
+        return rows
+
+    def add_labels(self, ids: list[str], labels: list[object], times: list[int], now: int) -> list[tuple]:
+        now = self.advance(now)
+        rows = []
+        for id, label, time in zip(ids, labels, times, strict=True):
+            self.c["labels_seen"] += 1
+            first = self.labels[id][1] if id in self.labels else self.remembered.get(id, self)
+            if first is not self:
+                same = first == label or (first != first and label != label)  # NaN matches NaN
+                self.c["duplicate_labels" if same else "conflicting_labels"] += 1
+            elif id in self.predictions:
+                _, payload = self.predictions.pop(id)
+                self.join(id, label)
+                rows.append((payload, label, time))
+            else:
+                self.wait("labels", self.labels, id, (now, label, time))
+        return rows
+
+    @property
+    def counts(self) -> JoinCounts:
+        return JoinCounts(
+            **{f.name: self.c[f.name] for f in dataclasses.fields(JoinCounts) if not f.name.startswith("pending")},
+            pending_predictions=len(self.predictions),
+            pending_labels=len(self.labels),
+        )
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_the_joiner_gives_what_the_reference_rules_give(seed: int) -> None:
+    """Random streams, random batch cuts, tiny bounds (so eviction, forgetting, expiry, compaction and the
+    dict rebuild all happen, and evicted or forgotten ids come back within one batch): every batch's joined
+    rows, in order, and every counter must equal the reference's."""
+    rng = random.Random(seed)
+    ttl_ms, max_pending, max_remembered = rng.randint(5, 200), rng.randint(1, 30), rng.choice([0, 1, 3, 50])
+    fast: LabelJoiner[object] = LabelJoiner(ttl_ms, max_pending, max_remembered)
+    reference = ReferenceJoiner(ttl_ms, max_pending, max_remembered)
+    n_ids = rng.choice([20, 300, 3_000])
+    now = 0
+    for _ in range(200):
+        now += rng.choice([0, 0, 1, 3, 20, -5])  # a clock that stalls and steps back is clamped
+        size = rng.choice([1, 2, 7, 40, 400])
+        ids = [f"r{rng.randrange(n_ids)}" for _ in range(size)]
+        if rng.random() < 0.5:
+            payloads = [(id, rng.random()) for id in ids]
+            got, want = fast.add_predictions(ids, payloads, now), reference.add_predictions(ids, payloads, now)
+        else:
+            labels = [rng.choice(["a", "b", math.nan]) for _ in ids]
+            times = [now - rng.randrange(100) for _ in ids]
+            got, want = fast.add_labels(ids, labels, times, now), reference.add_labels(ids, labels, times, now)
+        assert list(zip(got.payloads, got.labels, got.event_times_ms, strict=True)) == want
+        assert fast.counts == reference.counts
+    c = fast.counts
+    assert_invariants(c)
+    assert c.joined > 0 and c.duplicate_predictions + c.duplicate_labels > 0
+
+
+def test_the_reference_check_reaches_compaction_and_the_dict_rebuild() -> None:
+    """A long stream, so rings are cut at the front, compacted (dead entries behind a live one that still
+    waits) and the dict is rebuilt, several times each, while ids come back after being evicted or
+    forgotten; checked against the reference."""
+    rng = random.Random(99)
+    fast: LabelJoiner[object] = LabelJoiner(ttl_ms=10**9, max_pending=2_000, max_remembered=300)
+    reference = ReferenceJoiner(ttl_ms=10**9, max_pending=2_000, max_remembered=300)
+    epochs, bases, rebuilt, entries = set(), set(), 0, fast._entries
+    for now in range(600):
+        space = 5_000 if now < 400 else 50_000  # few ids: many joins, dead piles; then many: dead codes
+        ids = [f"r{rng.randrange(space)}" for _ in range(rng.randint(1, 300))]
+        if rng.random() < 0.5:
+            got, want = fast.add_predictions(ids, ids, now), reference.add_predictions(ids, ids, now)
+        else:
+            labels, times = [rng.choice("xyz") for _ in ids], [now] * len(ids)
+            got, want = fast.add_labels(ids, labels, times, now), reference.add_labels(ids, labels, times, now)
+        assert list(zip(got.payloads, got.labels, got.event_times_ms, strict=True)) == want
+        assert fast.counts == reference.counts
+        epochs.add((fast._predictions.epoch, fast._labels.epoch, fast._remembered.epoch))
+        bases.add((fast._predictions.base, fast._labels.base, fast._remembered.base))
+        rebuilt += fast._entries is not entries
+        entries = fast._entries
+    assert len(epochs) > 3 and len(bases) > 3 and rebuilt > 2
