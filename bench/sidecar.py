@@ -458,6 +458,7 @@ def main() -> None:
         runs = _end_to_end_runs(args)
         e2e = sorted(runs, key=lambda run: run["ratio"])[len(runs) // 2]
         e2e["all_ratios"] = [run["ratio"] for run in runs]
+        e2e["all_lags"] = [run["beside_lag_s"] for run in runs]
     lines = [
         "# Evaluation sidecar performance",
         "",
@@ -489,6 +490,13 @@ def main() -> None:
             f"peak RSS {e2e['sidecar_peak_rss_mb']:.0f} MB): {e2e['ratio']:.2f}x the scorer's rate, so the sidecar "
             f"{verdict} the scorer it sits beside. Same run, same machine, one after the other; the median of "
             f"{len(e2e['all_ratios'])} such pairs (ratios {', '.join(f'{r:.2f}' for r in sorted(e2e['all_ratios']))}).",
+            "",
+            "Beside, as deployed: on the same stack a second scorer scored the same records into a fresh topic "
+            "while an already-assigned `scorer evaluate` read them and labels sent at the first scorer's rate "
+            f"from the scorer's first output. The scorer ran at {e2e['beside_scorer_rec_per_s']:,.0f} records/s "
+            f"for {e2e['beside_scorer_s']:.1f} s (the two processes and the broker share 2 cores) and the sidecar "
+            f"had joined everything {e2e['beside_lag_s']:.2f} s after both streams ended (lags in the "
+            f"{len(e2e['all_lags'])} runs: {', '.join(f'{lag:.2f} s' for lag in sorted(e2e['all_lags']))}).",
             "",
             'What limits it, and what was tried: [bench/analysis.md](../bench/analysis.md), "Evaluation sidecar".',
             "",

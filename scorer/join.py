@@ -27,10 +27,11 @@ How it is laid out, and why:
   the oldest entries that the run itself pushes out (eviction, forgetting): a run ends before a row whose
   entry it would push out, which is rare and keeps the result exactly what one row at a time gives.
 - Measured by ``python -m bench.join`` (a million ids in batches of 2,500, labels a few batches behind
-  their predictions, shuffled): the per-row dict-of-entry-lists design this replaced cost 1.5-1.7 µs per prediction and 1.5-1.6 µs per
-  label; this one 0.7-0.8 and 1.2 µs. Its one worse case: draining a million pending predictions with
-  labels in random order, where every access misses the CPU cache and the drained ring is compacted
-  several times (about 3.5 µs per label against 2.3 µs).
+  their predictions, shuffled): the per-row dict-of-entry-lists design this replaced cost 1.5-1.7 µs per
+  prediction and 1.5-1.6 µs per label; this one 0.8 and 1.2-1.5 µs, and 15% less memory per pending
+  prediction. Its one worse case: draining a million pending predictions with labels in random order,
+  where every access misses the CPU cache and the draining ring is compacted several times (about 3.4 µs
+  per label against 2.3 µs).
 
 Batches: the sidecar hands over a whole consumed batch per side (:meth:`LabelJoiner.add_predictions`,
 :meth:`LabelJoiner.add_labels`) and gets the joined rows back as three parallel lists (:class:`Joined`).
