@@ -715,6 +715,15 @@ class _EventTimeRuns:
             times, rows = times[order], np.concatenate((older_rows, rows))[order]
         self._runs.append((times, rows))
 
+    def between(self, after_ms: int, through_ms: int) -> np.ndarray:
+        """The rows whose event time is in ``(after_ms, through_ms]``, left in place."""
+        parts = []
+        for times, rows in self._runs:
+            start, stop = np.searchsorted(times, (after_ms, through_ms), side="right").tolist()
+            if stop > start:
+                parts.append(rows[start:stop])
+        return _concat(parts, self._dtype)
+
     def remove_through(self, horizon_ms: int) -> np.ndarray:
         """Remove and return the rows whose event time is at or before ``horizon_ms``."""
         leaving = []
@@ -740,9 +749,17 @@ class TimeWindow(Generic[_T, _P]):
     ``late_rows``. Rows are kept in a few runs sorted by event time (:class:`_EventTimeRuns`), so the rows
     that leave when the watermark advances are found in amortised O(log n) per row.
 
+    Several time windows over the same rows can share one store of them (``shared``, kept by the
+    :class:`Evaluator`): it holds the rows of the longest window, and a shorter window's rows are exactly
+    the stored rows after its own horizon, so the rows leaving it are a slice of the store between its old
+    and new horizons. The owner of a shared store adds each batch to it, and drops what left the longest
+    window, once, after every window has taken the batch. This halves the sorting and merging with the
+    default 5m and 1h windows.
+
     Args:
         seconds: Span of the window in event time.
         metric: The accumulator rows go into and are taken out of.
+        shared: A store of rows kept by the caller for several windows, or ``None`` for a store of its own.
 
     Example:
         >>> w = TimeWindow(60, RegressionMetrics())
@@ -752,7 +769,7 @@ class TimeWindow(Generic[_T, _P]):
         (2, 1, 170000)
     """
 
-    def __init__(self, seconds: int, metric: RollingMetric[_T, _P]) -> None:
+    def __init__(self, seconds: int, metric: RollingMetric[_T, _P], shared: _EventTimeRuns | None = None) -> None:
         if seconds < 1:
             raise ValueError(f"seconds must be at least 1, got {seconds}")
         self.seconds = seconds
@@ -761,7 +778,14 @@ class TimeWindow(Generic[_T, _P]):
         self.watermark_ms: int | None = None
         self.late_rows = 0
         self._span_ms = seconds * 1000
-        self._rows = _EventTimeRuns(metric.dtype)
+        self._owns_rows = shared is None
+        self._rows = _EventTimeRuns(metric.dtype) if shared is None else shared
+        self._size = 0
+
+    @property
+    def horizon_ms(self) -> int | None:
+        """Rows at or before this event time are out of the window (``None`` before the first row)."""
+        return None if self.watermark_ms is None else self.watermark_ms - self._span_ms
 
     def update(self, y_true: _T, y_pred: _P, event_time_ms: int) -> bool:
         """Advance the watermark if needed, then add the row unless it is late; True if it was added."""
@@ -775,6 +799,7 @@ class TimeWindow(Generic[_T, _P]):
         """
         if not len(rows):
             return 0
+        old_horizon = self.horizon_ms
         watermarks = np.maximum.accumulate(event_times_ms)
         if self.watermark_ms is not None:
             watermarks = np.maximum(watermarks, self.watermark_ms)
@@ -782,15 +807,22 @@ class TimeWindow(Generic[_T, _P]):
         self.late_rows += late
         self.watermark_ms = int(watermarks[-1])
         horizon = self.watermark_ms - self._span_ms
-        leaving = self._rows.remove_through(horizon)
+        if self._owns_rows:
+            leaving = self._rows.remove_through(horizon)
+        elif old_horizon is not None and horizon > old_horizon:
+            leaving = self._rows.between(old_horizon, horizon)
+        else:
+            leaving = rows[:0]
         stays = event_times_ms > horizon  # false for every late row too: their times are <= an earlier horizon
         entering = rows[stays]
         self.metric.apply(entering, leaving)
-        self._rows.add(event_times_ms[stays], entering)
+        if self._owns_rows:
+            self._rows.add(event_times_ms[stays], entering)
+        self._size += len(entering) - len(leaving)
         return len(rows) - late
 
     def __len__(self) -> int:
-        return self._rows.size
+        return self._size
 
 
 class Evaluator:
@@ -869,10 +901,18 @@ class Evaluator:
             if count_window < 1:
                 raise ConfigError("count_window", f"must be at least 1 or None, got {count_window}")
             windows.append(CountWindow(count_window, make()))
-        for seconds in time_windows_s:
-            if seconds < 1:
-                raise ConfigError("time_windows_s", f"spans must be at least 1 second, got {seconds}")
-            windows.append(TimeWindow(seconds, make()))
+        if any(seconds < 1 for seconds in time_windows_s):
+            raise ConfigError("time_windows_s", f"spans must be at least 1 second, got {list(time_windows_s)}")
+        self._time_rows: _EventTimeRuns | None = None  # shared by the time windows when there are several
+        self._longest: TimeWindow[Any, Any] | None = None
+        if len(time_windows_s) > 1:
+            first = make()
+            self._time_rows = _EventTimeRuns(first.dtype)
+            for k, seconds in enumerate(time_windows_s):
+                windows.append(TimeWindow(seconds, first if k == 0 else make(), shared=self._time_rows))
+            self._longest = max((w for w in windows if isinstance(w, TimeWindow)), key=lambda w: w.seconds)
+        else:
+            windows.extend(TimeWindow(seconds, make()) for seconds in time_windows_s)
         if not windows:
             raise ConfigError("time_windows_s", "no windows: give count_window or time_windows_s")
         self._windows = {w.name: w for w in windows}
@@ -982,6 +1022,11 @@ class Evaluator:
         self._staged_true, self._staged_pred, self._staged_times = [], [], []
         for window in self._windows.values():
             window.update_many(rows, times)
+        horizon = self._longest.horizon_ms if self._longest is not None else None
+        if self._time_rows is not None and horizon is not None:  # see TimeWindow: rows shared by windows
+            self._time_rows.remove_through(horizon)
+            stays = times > horizon
+            self._time_rows.add(times[stays], rows[stays])
 
     def snapshot(self) -> dict[str, dict[str, float]]:
         """Metrics per window name, plus ``window_rows``: the number of rows in the window."""

@@ -532,3 +532,41 @@ def test_long_running_windows_hold_exactly_the_state_of_their_rows(task: str) ->
         mine, theirs = snapshot_state(ev), snapshot_state(fresh)
         assert mine["snapshot"][name] == theirs["snapshot"][fresh.window_names[0]]  # type: ignore[index]
         assert mine[name] == theirs[fresh.window_names[0]]
+
+
+@pytest.mark.parametrize("task", sorted(STREAMS))
+def test_time_windows_sharing_their_rows_equal_windows_on_their_own(task: str) -> None:
+    """An evaluator's time windows share one store of rows (the longest window's); each must hold exactly
+    what a window with a store of its own holds, whatever order the spans are given in, through event
+    times that jump far ahead (everything leaves at once), many rows exactly at a horizon, and rows late
+    for some windows only."""
+    make_rows, classes = STREAMS[task]
+    rows = make_rows()
+    rng = random.Random(12)
+    jumped = []
+    shift = 0
+    for r in rows:
+        if rng.random() < 0.002:
+            shift += rng.choice([400_000, 4_000_000])  # past the 5-minute window, or past all of them
+        coarse = (r.event_time_ms + shift) // 10_000 * 10_000  # ties, at the windows' horizons too
+        jumped.append(JoinedRow(r.prediction, r.label, coarse))
+    spans = (300, 3600, 60)
+    shared = Evaluator(task, classes, count_window=None, time_windows_s=spans)  # type: ignore[arg-type]
+    alone = {s: Evaluator(task, classes, count_window=None, time_windows_s=[s]) for s in spans}  # type: ignore[arg-type]
+    start = 0
+    while start < len(jumped):
+        batch = jumped[start : start + rng.choice([1, 3, 50, 400])]
+        start += len(batch)
+        shared.add_many(batch)
+        for ev in alone.values():
+            ev.add_many(batch)
+        if rng.random() < 0.2 or start >= len(jumped):
+            state = snapshot_state(shared)
+            for seconds, ev in alone.items():
+                name = window_name(seconds=seconds)
+                theirs = snapshot_state(ev)
+                assert state["snapshot"][name] == theirs["snapshot"][name]  # type: ignore[index]
+                assert state[name] == theirs[name]
+                assert state["late"][name] == theirs["late"][name]  # type: ignore[index]
+    assert shared.late_rows["1m"] > shared.late_rows["5m"] > 0  # rows late for the short windows only
+    assert len(shared._windows["1m"]) < len(shared._windows["5m"]) < len(shared._windows["1h"])
