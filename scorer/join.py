@@ -14,18 +14,22 @@ How it is laid out, and why:
   arrival times and of "gone" flags), so the oldest entry is at the ring's ``head``: expiry is a binary
   search over the arrival times and eviction moves ``head``, amortised O(1) per entry.
 - One dict maps each id to an int *code*: which ring, which of the ring's epochs, which position. A code
-  is live only if its ring, epoch and position still hold the id (not before ``head``, not marked gone).
-  Nothing is deleted from the dict when an entry expires, is evicted, joins or is forgotten: its code
-  simply stops being live, and the id reads as new. The dict is rebuilt from the live entries when the
-  dead codes outnumber them twice over. A ring drops dead entries from its front without renumbering (no
-  code changes); only when dead entries pile up behind a live one that still waits is it compacted into
-  a new epoch, with new codes for its live entries. All of this is amortised O(1) per entry. (Deleting
-  each id from the dict as it left cost 0.4 µs a row, a third of a label's join.)
+  is live only if it names its ring's current epoch and a position not before ``head`` and not marked
+  gone; (epoch, position) pairs are never reused while a code that names them can be in the dict, which
+  is what lets a live code stand for its id without comparing ids. Nothing is deleted from the dict when
+  an entry expires, is evicted, joins or is forgotten: its code simply stops being live, and the id reads
+  as new. The dict is rebuilt from the live entries when its dead codes outnumber them (and whenever a
+  ring's epoch wraps round to 0). A ring drops dead entries from its front without renumbering (no code
+  changes) and gives back array memory once a backlog has drained; only when dead entries pile up behind
+  a live one that still waits, or positions near their limit, is it compacted into a new epoch, with new
+  codes for its live entries. All of this is amortised O(1) per entry. (Deleting each id from the dict as
+  it left cost 0.4 µs a row, a third of a label's join.)
 - A batch is handled a run of distinct ids at a time (usually the whole batch is one run): one dict lookup
   per id, then numpy over the codes to sort the rows into new, joining and repeated, and list gathers
   (``itemgetter``) to move the values. Rows with distinct ids cannot affect one another, except through
-  the oldest entries that the run itself pushes out (eviction, forgetting): a run ends before a row whose
-  entry it would push out, which is rare and keeps the result exactly what one row at a time gives.
+  the oldest entries that the run itself pushes out (eviction, forgetting): a run ends just before a row
+  that repeats an id whose entry the rows before it have pushed out, which keeps the result exactly what
+  one row at a time gives (``tests/unit/test_join.py`` checks it against a plain row-by-row reference).
 - Measured by ``python -m bench.join`` (a million ids in batches of 2,500, labels a few batches behind
   their predictions, shuffled): the per-row dict-of-entry-lists design this replaced cost 1.5-1.7 µs per
   prediction and 1.5-1.6 µs per label; this one 0.8 and 1.2-1.5 µs, and 15% less memory per pending
@@ -61,7 +65,6 @@ Every arrival ends in exactly one bucket, which gives the invariants the tests c
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -79,8 +82,10 @@ _PREDICTION, _LABEL, _JOINED = 0, 1, 2
 whose low bits (3) match no ring."""
 _ABSENT = -1
 _KIND_BITS = 2
-_POSITION_BITS = 40  # a ring is compacted before its positions reach 2**40 (and epochs stay below 2**21)
+_POSITION_BITS = 40
 _POSITION_MASK = (1 << _POSITION_BITS) - 1
+_POSITION_LIMIT = _POSITION_MASK - (1 << 32)  # a ring is compacted past this, so a batch cannot overflow
+_EPOCHS = 1 << (63 - _KIND_BITS - _POSITION_BITS)  # epochs wrap to 0 here, so every code fits in an int64
 _SLACK = 1024  # dead entries a ring, or dead codes the dict, may always hold before a rebuild
 
 
@@ -146,9 +151,7 @@ class Joined(Generic[P]):
 
 def _same_label(a: object, b: object) -> bool:
     """Label equality where NaN equals NaN, so a redelivered NaN label is a duplicate, not a conflict."""
-    if a == b:
-        return True
-    return isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
+    return bool(a == b or (a != a and b != b))  # only NaN differs from itself, whatever its type
 
 
 def _gather(values: Sequence[Any], rows: list[int], ascending: bool = False) -> list[Any]:
@@ -268,7 +271,7 @@ class _Ring:
         """
         self.head = self.cut_after(1) - 1 if self.live else self.end  # past the gone ones in front
         front = self.head - self.base
-        if len(self.ids) - front > 2 * self.live + _SLACK or self.end >= 1 << _POSITION_BITS:
+        if len(self.ids) - front > 2 * self.live + _SLACK or self.end >= _POSITION_LIMIT:
             kept = self.live_positions()
             rows = (kept - self.base).tolist()
             self.ids = _gather(self.ids, rows)
@@ -278,7 +281,7 @@ class _Ring:
             self.arrivals = self.arrivals[kept - self.base]
             self.gone = np.zeros(len(rows), np.bool_)
             self.base = self.head = 0
-            self.epoch += 1
+            self.epoch = (self.epoch + 1) % _EPOCHS  # at 0 again, the dict must be rebuilt (see _tidy)
             return self.ids, self.codes(np.arange(len(rows), dtype=np.int64))
         if front > len(self.ids) // 2 and front > _SLACK:  # cut the front off; positions stay as they are
             del self.ids[:front], self.values[:front], self.event_times[: front if self.event_times else 0]
@@ -287,6 +290,9 @@ class _Ring:
             self.gone[:rest] = self.gone[front : front + rest]
             self.gone[rest : rest + front] = False
             self.base = self.head
+            if len(self.arrivals) > 4 * rest + _SLACK:  # after a backlog has drained, give its memory back
+                capacity = max(2 * rest, _SLACK)
+                self.arrivals, self.gone = self.arrivals[:capacity].copy(), self.gone[:capacity].copy()
         return None
 
 
@@ -425,6 +431,7 @@ class LabelJoiner(Generic[P]):
     def expire(self, now_ms: int) -> None:
         """Drop (and count) unmatched entries that have waited longer than ``ttl_ms``."""
         self._advance(now_ms)
+        self._tidy()
 
     @property
     def counts(self) -> JoinCounts:
@@ -487,19 +494,15 @@ class LabelJoiner(Generic[P]):
         join_rows = np.flatnonzero(joining).tolist()
         evict = max(0, side.live + len(new_rows) - self._max_pending)
         forget = max(0, remembered.live + len(join_rows) - self._max_remembered) if self._max_remembered else 0
-        if (evict and waiting.any()) or (forget and known.any()):
-            # A repeated id whose entry this run pushes out is a repeat if it comes before the push and new
-            # after it, so the run stops before the first such row (the first row itself is always right).
-            pushed = np.zeros(len(ids), np.bool_)
-            if evict:
-                pushed |= waiting & (positions < side.cut_after(min(evict, side.live)))
-            if forget:
-                pushed |= known & (positions < remembered.cut_after(min(forget, remembered.live)))
-            later = np.flatnonzero(pushed[1:])
-            if len(later):
-                stop = int(later[0]) + 1
-                times = None if event_times is None else event_times[:stop]
-                return self._add_run(side, ids[:stop], values[:stop], times, now, joined)
+        pushed = []  # rows repeating an id whose entry this run pushes out before the row comes
+        if evict and waiting.any():
+            pushed.append(self._pushed_before(side, waiting, positions, new, side.live - self._max_pending))
+        if forget and known.any():
+            pushed.append(self._pushed_before(remembered, known, positions, joining, forget - len(join_rows)))
+        first = min((int(rows[0]) for rows in pushed if len(rows)), default=0)
+        if first:  # such a row is new, not a repeat: the run stops before it (the first row is always right)
+            times = None if event_times is None else event_times[:first]
+            return self._add_run(side, ids[:first], values[:first], times, now, joined)
 
         if join_rows:
             at = positions[joining]
@@ -545,6 +548,23 @@ class LabelJoiner(Generic[P]):
                         self._conflicting_labels += 1
         return len(ids)
 
+    @staticmethod
+    def _pushed_before(
+        ring: _Ring, repeats: np.ndarray, positions: np.ndarray, pushing: np.ndarray, excess: int
+    ) -> np.ndarray:
+        """The rows (ascending) of ``repeats`` whose entry in ``ring`` is pushed out before their turn.
+
+        Each row flagged in ``pushing`` adds an entry to ``ring``, and once it holds ``excess`` more than its
+        bound, every addition pushes out the oldest live entry. The entry of rank k (0 = oldest) is gone by
+        the row that makes the (k + 1)-th push.
+        """
+        rows = np.flatnonzero(repeats)
+        start = ring.head - ring.base
+        live = ~ring.gone[start : int(positions[rows].max()) - ring.base + 1]
+        ranks = (np.cumsum(live) - 1)[positions[rows] - ring.head]
+        pushes_before = np.cumsum(pushing)[rows] - pushing[rows] + excess
+        return rows[ranks < pushes_before]
+
     def _advance(self, now_ms: int) -> int:
         if self._now_ms is not None and now_ms <= self._now_ms:
             return self._now_ms  # the clock has not moved, so nothing new can have expired
@@ -558,8 +578,10 @@ class LabelJoiner(Generic[P]):
         """Let go of the rings' dead entries; rebuild the dict when its dead codes outnumber the live ones."""
         rings = (self._predictions, self._labels, self._remembered)
         moved = [ring.tidy() for ring in rings]
+        wrapped = any(ring.epoch == 0 and ids_and_codes for ring, ids_and_codes in zip(rings, moved, strict=True))
         live = sum(ring.live for ring in rings)
-        if len(self._entries) > 2 * live + _SLACK:  # a fresh dict holds the moved codes too
+        # A fresh dict holds the moved codes too, and no dead code of an earlier epoch 0 that could alias them.
+        if wrapped or len(self._entries) > 2 * live + _SLACK:
             entries: dict[str, int] = {}
             for ring in rings:
                 kept = ring.live_positions()

@@ -6,9 +6,12 @@ import dataclasses
 import math
 import random
 from collections import Counter, OrderedDict
+from decimal import Decimal
 
+import numpy as np
 import pytest
 
+from scorer import join
 from scorer.join import JoinCounts, JoinedRow, LabelJoiner, PredictionFacts
 
 
@@ -398,11 +401,23 @@ class ReferenceJoiner:
         )
 
 
-@pytest.mark.parametrize("seed", range(25))
-def test_the_joiner_gives_what_the_reference_rules_give(seed: int) -> None:
+@pytest.mark.parametrize("tiny_limits", [False, True], ids=["limits as shipped", "tiny limits"])
+@pytest.mark.parametrize("seed", range(15))
+def test_the_joiner_gives_what_the_reference_rules_give(
+    seed: int, tiny_limits: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Random streams, random batch cuts, tiny bounds (so eviction, forgetting, expiry, compaction and the
     dict rebuild all happen, and evicted or forgotten ids come back within one batch): every batch's joined
-    rows, in order, and every counter must equal the reference's."""
+    rows, in order, and every counter must equal the reference's.
+
+    With tiny limits, rings are compacted and the dict rebuilt after a couple of dead entries, positions
+    hit their limit after a few thousand, and epochs wrap after four compactions: what a sidecar meets
+    after months, here in every stream.
+    """
+    if tiny_limits:
+        monkeypatch.setattr(join, "_SLACK", 2)
+        monkeypatch.setattr(join, "_POSITION_LIMIT", 3_000)
+        monkeypatch.setattr(join, "_EPOCHS", 4)
     rng = random.Random(seed)
     ttl_ms, max_pending, max_remembered = rng.randint(5, 200), rng.randint(1, 30), rng.choice([0, 1, 3, 50])
     fast: LabelJoiner[object] = LabelJoiner(ttl_ms, max_pending, max_remembered)
@@ -425,6 +440,51 @@ def test_the_joiner_gives_what_the_reference_rules_give(seed: int) -> None:
     c = fast.counts
     assert_invariants(c)
     assert c.joined > 0 and c.duplicate_predictions + c.duplicate_labels > 0
+    if tiny_limits:
+        assert max(fast._predictions.epoch, fast._labels.epoch, fast._remembered.epoch) < 4
+
+
+def test_a_run_stops_only_before_rows_whose_entry_it_pushed_out() -> None:
+    """A full buffer gets a batch of its oldest ids again followed by as many new ones: the repeats come
+    before the evictions, so the batch is one run (stopping at each would cost time quadratic in its size);
+    a batch of new ids followed by the repeats must stop where the repeated entries are already gone."""
+    j: LabelJoiner[str] = LabelJoiner(ttl_ms=10**9, max_pending=1_000, max_remembered=10)
+    old = [f"o{i}" for i in range(1_000)]
+    j.add_predictions(old, old, now_ms=0)
+    runs: list[int] = []  # the rows each _add_run call was given
+    add_run = j._add_run
+    j._add_run = lambda side, ids, *rest: runs.append(len(ids)) or add_run(side, ids, *rest)  # type: ignore[method-assign]
+    new = [f"n{i}" for i in range(500)]
+    j.add_predictions(old[:500] + new, old[:500] + new, now_ms=1)
+    assert runs == [1_000]
+    assert (j.counts.duplicate_predictions, j.counts.evicted_predictions) == (500, 500)
+    runs.clear()
+    newer = [f"m{i}" for i in range(3)]
+    j.add_predictions([*newer, old[500], old[999]], [*newer, "again", "again"], now_ms=2)
+    # The 5 rows stop after 3 (which push old[500] out, so it is new again) and the last 2 go together
+    # (old[999] still waits: a repeat).
+    assert runs == [5, 3, 2]
+    assert (j.counts.duplicate_predictions, j.counts.evicted_predictions) == (501, 504)
+
+
+def test_nan_labels_of_any_type_are_duplicates_not_conflicts() -> None:
+    j: LabelJoiner[str] = LabelJoiner(ttl_ms=1_000, max_pending=10)
+    for nan in (float("nan"), np.float32("nan"), Decimal("NaN")):
+        id = f"r-{type(nan).__name__}"
+        j.add_labels([id, id], [nan, nan], [0, 0], now_ms=0)
+    assert (j.counts.duplicate_labels, j.counts.conflicting_labels) == (3, 0)
+
+
+def test_memory_is_given_back_after_a_backlog_drains() -> None:
+    j: LabelJoiner[str] = LabelJoiner(ttl_ms=1_000, max_pending=10**6, max_remembered=10)
+    backlog = [f"r{i}" for i in range(200_000)]
+    j.add_predictions(backlog, backlog, now_ms=0)
+    for t in range(1, 50):
+        j.add_predictions([f"q{t}"], ["q"], now_ms=t * 10_000)  # the backlog expires; one waits at a time
+    ring = j._predictions
+    assert ring.live == 1
+    assert len(ring.ids) <= 1 + 2 * 1024 and len(ring.arrivals) <= 4 * len(ring.ids) + 1024
+    assert len(j._entries) <= 2 * 11 + 1024
 
 
 def test_the_reference_check_reaches_compaction_and_the_dict_rebuild() -> None:
