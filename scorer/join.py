@@ -554,11 +554,18 @@ class LabelJoiner(Generic[P]):
     ) -> np.ndarray:
         """The rows (ascending) of ``repeats`` whose entry in ``ring`` is pushed out before their turn.
 
-        Each row flagged in ``pushing`` adds an entry to ``ring``, and once it holds ``excess`` more than its
-        bound, every addition pushes out the oldest live entry. The entry of rank k (0 = oldest) is gone by
-        the row that makes the (k + 1)-th push.
+        ``excess`` is how far the ring is over its bound before the run (zero or less). Each row flagged in
+        ``pushing`` adds an entry, and every addition that takes the ring past its bound pushes out the
+        oldest live entry, so the entry of rank k (0 = oldest) is gone by the row that makes the (k + 1)-th
+        push. Only entries older than the run's last push can be gone, so only that stretch is ranked.
         """
         rows = np.flatnonzero(repeats)
+        pushes = int(np.count_nonzero(pushing)) + excess
+        if pushes <= 0:
+            return rows[:0]
+        rows = rows[positions[rows] < ring.cut_after(min(pushes, ring.live))]
+        if not len(rows):
+            return rows
         start = ring.head - ring.base
         live = ~ring.gone[start : int(positions[rows].max()) - ring.base + 1]
         ranks = (np.cumsum(live) - 1)[positions[rows] - ring.head]
