@@ -463,12 +463,9 @@ class LabelJoiner(Generic[P]):
         """Add one side's arrivals (``side`` is the waiting predictions, ``values`` their payloads; or the
         waiting labels, ``values`` the labels, with ``event_times``), as few runs as the rules allow."""
         for start, stop in _distinct_runs(ids):
-            while start < stop:
-                if stop - start == len(ids):
-                    start += self._add_run(side, ids, values, event_times, now, joined)
-                else:
-                    times = None if event_times is None else event_times[start:stop]
-                    start += self._add_run(side, ids[start:stop], values[start:stop], times, now, joined)
+            while start < stop:  # a run may take only its leading rows (see _add_run); the rest go next
+                times = None if event_times is None else event_times[start:stop]
+                start += self._add_run(side, ids[start:stop], values[start:stop], times, now, joined)
 
     def _add_run(
         self,
@@ -481,7 +478,8 @@ class LabelJoiner(Generic[P]):
     ) -> int:
         """Add the leading rows of ``ids`` (which are distinct) that can go in together; return how many."""
         remembered = self._remembered
-        other = self._labels if side is self._predictions else self._predictions
+        predicting = side is self._predictions
+        other = self._labels if predicting else self._predictions
         codes = np.fromiter(map(self._entries.get, ids, repeat(_ABSENT)), np.int64, len(ids))
         kinds = codes & ((1 << _KIND_BITS) - 1)
         located = codes >> _KIND_BITS
@@ -507,12 +505,12 @@ class LabelJoiner(Generic[P]):
         if join_rows:
             at = positions[joining]
             other.mark_gone(at)
-            if event_times is None:  # predictions meet waiting labels
+            if predicting:  # predictions meet waiting labels
                 payloads, labels = _gather(values, join_rows, ascending=True), other.at(other.values, at)
                 times = other.at(other.event_times, at)
             else:  # labels meet waiting predictions
                 payloads, labels = other.at(other.values, at), _gather(values, join_rows, ascending=True)
-                times = _gather(event_times, join_rows, ascending=True)
+                times = _gather(event_times, join_rows, ascending=True)  # type: ignore[arg-type]
             joined.payloads.extend(payloads)
             joined.labels.extend(labels)
             joined.event_times_ms.extend(times)
@@ -530,12 +528,12 @@ class LabelJoiner(Generic[P]):
             self._entries.update(zip(new_ids, codes_of_new, strict=True))
             if evict:
                 side.drop_oldest(evict)
-                if event_times is None:
+                if predicting:
                     self._evicted_predictions += evict
                 else:
                     self._evicted_labels += evict
 
-        if event_times is None:
+        if predicting:
             self._duplicate_predictions += int(np.count_nonzero(waiting)) + int(np.count_nonzero(known))
         else:  # the first label wins; a repeat is a duplicate if it agrees, else a conflict
             for ring, held in ((side, waiting), (remembered, known)):
